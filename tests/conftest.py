@@ -1,0 +1,31 @@
+"""Fixtures shared by every test suite.
+
+`requires_root` marks tests that need real kernel features; they are skipped
+(not faked) when the suite is not run as root. CI runs as root.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+requires_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+
+
+def open_fds() -> set[int]:
+    """The fds of this process right now (excluding the one listdir uses)."""
+    return {int(name) for name in os.listdir("/proc/self/fd")}
+
+
+@pytest.fixture
+def no_fd_leak():
+    """Fails the test if it leaves an fd open that it did not find."""
+    before = open_fds()
+    yield
+    leaked = open_fds() - before
+    # listdir's own fd is closed by now; anything left is a leak.
+    leaked = {fd for fd in leaked if os.path.exists(f"/proc/self/fd/{fd}")}
+    assert not leaked, f"leaked fds: {sorted(leaked)} -> " + ", ".join(
+        os.readlink(f"/proc/self/fd/{fd}") for fd in sorted(leaked)
+    )
