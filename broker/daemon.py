@@ -1,0 +1,156 @@
+"""Process-level chores of lithos_tree: directories, the pid file, privileges.
+
+Owns M-1 (the directories lithos creates), T-5 (the pid file), the child
+subreaper flag, and starting the unprivileged supervisor. Each function does one
+thing and raises `StartupError` with a message that names the path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import os
+import pwd
+import signal
+import socket
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+PR_SET_CHILD_SUBREAPER = 36
+PR_SET_NO_NEW_PRIVS = 38
+PR_SET_PDEATHSIG = 1
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class StartupError(Exception):
+    """lithos_tree cannot start; the message names the object and the reason."""
+
+
+def prctl(option: int, arg: int) -> None:
+    if _libc.prctl(option, ctypes.c_ulong(arg), 0, 0, 0) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"prctl({option}): {os.strerror(e)}")
+
+
+def make_dir(path: Path, what: str) -> None:
+    """Non-recursive mkdir that accepts an existing directory (M-1)."""
+    try:
+        os.mkdir(path)
+    except FileExistsError:
+        if not path.is_dir():
+            raise StartupError(
+                f"Cant create {what}: Can't create dir {str(path)!r}, "
+                "path already exists but not a directory"
+            ) from None
+    except OSError as e:
+        raise StartupError(
+            f"Cant create {what}: {path}: {errno.errorcode.get(e.errno or 0, e.errno)} "
+            f"({e.strerror})"
+        ) from None
+
+
+def write_pid_file(path: Path) -> None:
+    """T-5: refuse to start while another live lithos_tree owns the pid file."""
+    me = os.getpid()
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        text = ""
+    except OSError:
+        text = ""
+    if text:
+        try:
+            other = int(text)
+        except ValueError:
+            other = 0
+        if other and other != me and _alive(other):
+            raise StartupError(
+                f"{path}: master pid is {other}, and there is a live process with that pid "
+                "(is another lithos_tree running with this runtime-dir?)"
+            )
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(f"{me}\n")
+    os.rename(tmp, path)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    """The unprivileged identity the supervisor runs as."""
+
+    name: str
+    uid: int
+    gid: int
+
+
+def lookup_account(user: str) -> Account:
+    """`supervisor-user` (a name or a numeric uid) -> Account; root is refused."""
+    try:
+        entry = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
+    except (KeyError, ValueError):
+        if user.isdigit():
+            return Account(user, int(user), int(user))
+        raise StartupError(
+            f"supervisor-user: {user!r} is not a known user (use a name from /etc/passwd "
+            "or a numeric uid)"
+        ) from None
+    if entry.pw_uid == 0:
+        raise StartupError(
+            f"supervisor-user: {user!r} is root; the supervisor must run unprivileged"
+        )
+    return Account(entry.pw_name, entry.pw_uid, entry.pw_gid)
+
+
+def spawn_supervisor(
+    account: Account, master_path: Path, extra_args: list[str]
+) -> tuple[int, socket.socket]:
+    """Forks the supervisor as `account` with one end of a SEQPACKET socketpair.
+
+    The child drops every privilege before exec: supplementary groups cleared,
+    gid then uid set (real, effective and saved), NoNewPrivs on, so it holds no
+    capabilities and can never regain them. Returns (pid, broker's end).
+    """
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    child_fd = theirs.fileno()
+    argv = [
+        sys.executable, "-m", "supervisor",
+        "--config", str(master_path), "--fd", str(child_fd), *extra_args,
+    ]  # fmt: skip
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
+    if "PYTHONPATH" in os.environ:
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    pid = os.fork()
+    if pid == 0:  # child: only async-signal-safe-ish work until exec
+        try:
+            ours.close()
+            os.set_inheritable(child_fd, True)
+            for signum in range(1, signal.NSIG):
+                with contextlib.suppress(OSError, ValueError):
+                    signal.signal(signum, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_SETMASK, set())
+            signal.set_wakeup_fd(-1)
+            os.setgroups([])
+            os.setresgid(account.gid, account.gid, account.gid)
+            os.setresuid(account.uid, account.uid, account.uid)
+            prctl(PR_SET_NO_NEW_PRIVS, 1)
+            prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+            os.chdir("/")
+            os.execve(sys.executable, argv, env)
+        except BaseException as e:  # noqa: BLE001 - nothing may escape a forked child
+            os.write(2, f"lithos_tree: starting supervisor: {e}\n".encode())
+        finally:
+            os._exit(127)
+    theirs.close()
+    return pid, ours
