@@ -88,11 +88,13 @@ def proc_knot_name(pid: int) -> str | None:
             argv = f.read().split(b"\0")
     except OSError:
         return None
-    if not any(b"knot" in a for a in argv[:3]):
-        return None
+    # `python -m knot --name X` or `.../bin/lithos_knot --name X`: a word
+    # naming the knot must come before --name.
     for i, arg in enumerate(argv[:-1]):
         if arg == b"--name":
-            return argv[i + 1].decode("utf-8", "replace")
+            if any(b"knot" in word for word in argv[:i]):
+                return argv[i + 1].decode("utf-8", "replace")
+            return None
     return None
 
 

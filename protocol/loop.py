@@ -87,9 +87,7 @@ class Loop:
     def on_signal(self, signum: int, callback: SignalCallback) -> None:
         """Calls `callback(signum)` from the loop after `signum` arrives."""
         if self._old_wakeup_fd == -2:
-            self._old_wakeup_fd = signal.set_wakeup_fd(
-                self._wakeup_w, warn_on_full_buffer=False
-            )
+            self._old_wakeup_fd = signal.set_wakeup_fd(self._wakeup_w, warn_on_full_buffer=False)
             self._selector.register(self._wakeup_r, selectors.EVENT_READ, self._drain_signals)
         if signum not in self._old_handlers:
             self._old_handlers[signum] = signal.signal(signum, _ignore)

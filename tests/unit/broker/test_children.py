@@ -1,0 +1,68 @@
+"""broker.children: records survive a broker restart; stale ones are dropped."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from broker.children import Children, new_child, proc_knot_name, proc_start_ticks
+
+
+@pytest.fixture
+def fake_knot():
+    """A process whose cmdline looks like a knot's (`... lithos_knot --name sb/p.0`)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdin.read()", "lithos_knot", "--name", "sb/p.0"],
+        stdin=subprocess.PIPE,
+    )
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+def test_record_round_trip_and_recovery(tmp_path: Path, fake_knot: subprocess.Popen[bytes]) -> None:
+    table = Children(tmp_path)
+    child = new_child(
+        "sb/p.0", fake_knot.pid, "fp1", "lithos.slice/sb:p.0.scope", [("0.0.0.0", 80)]
+    )
+    table.add(child)
+    assert (tmp_path / "sb:p.0.json").exists()
+
+    again = Children(tmp_path)
+    recovered = again.recover()
+    assert [c.instance for c in recovered] == ["sb/p.0"]
+    got = again.by_name("sb/p.0")
+    assert got is not None
+    assert got.pid == fake_knot.pid and got.fingerprint == "fp1"
+    assert got.ports == [("0.0.0.0", 80)]
+    assert got.orphan_pidfd == -1  # still our child
+
+
+def test_dead_or_reused_pid_is_not_recovered(
+    tmp_path: Path, fake_knot: subprocess.Popen[bytes]
+) -> None:
+    table = Children(tmp_path)
+    child = new_child("sb/p.0", fake_knot.pid, "fp1", None, [])
+    child.start_ticks += 1  # as if the pid now belonged to a newer process
+    table.add(child)
+    assert Children(tmp_path).recover() == []
+    assert not (tmp_path / "sb:p.0.json").exists()
+
+
+def test_remove_deletes_record(tmp_path: Path, fake_knot: subprocess.Popen[bytes]) -> None:
+    table = Children(tmp_path)
+    table.add(new_child("sb/p.0", fake_knot.pid, "fp", None, []))
+    assert table.remove(fake_knot.pid) is not None
+    assert list(tmp_path.iterdir()) == []
+    assert table.by_name("sb/p.0") is None
+
+
+def test_proc_helpers(fake_knot: subprocess.Popen[bytes]) -> None:
+    assert proc_knot_name(fake_knot.pid) == "sb/p.0"
+    assert proc_knot_name(os.getpid()) is None
+    assert proc_start_ticks(fake_knot.pid) is not None
+    assert proc_start_ticks(2**22 + 12345) is None
