@@ -44,6 +44,9 @@ __all__ = [
 
 NAMESPACE_RE = re.compile(r"[a-zA-Z0-9_.-]*")  # used with fullmatch: `^...$` in the manual
 NAMESPACE_RULE = "valid on should match regex `^[a-zA-Z0-9_.-]*$`"  # (sic), original text
+# Canonical padded standard base64, as the original's decoder wanted; binascii's strict
+# mode alone lets excess padding through.
+_BASE64_RE = re.compile(r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
 _SEALBYTES = 48  # ephemeral public key (32) + poly1305 tag (16)
 _MAX_KEY_FILE_BYTES = 1 << 20
 
@@ -201,10 +204,11 @@ def _decrypt_one(
     if len(fields) != 5:  # 3
         raise SecretError("invalid key format")
     _, expected_key_hash, namespace_hash, secret_hash, cipher_b64 = fields
-    try:  # 4
-        cipher = binascii.a2b_base64(cipher_b64, strict_mode=True)
-    except ValueError as exc:
-        raise SecretError(f"invalid base64 in the encrypted part: {exc}") from None
+    if not _BASE64_RE.fullmatch(cipher_b64):  # 4
+        raise SecretError(
+            "invalid base64 in the encrypted part (standard alphabet, padded with '=')"
+        )
+    cipher = binascii.a2b_base64(cipher_b64)
     plain = _open_sealed(key, cipher)  # 5
     namespace_bytes, colon, secret_bytes = plain.partition(b":")
     try:  # 6
