@@ -33,6 +33,10 @@ def environ_error(value: str, namespaces: frozenset[str] = DEFAULT_NAMESPACES) -
     return str(info.value)
 
 
+def b64_random(size: int) -> str:
+    return base64.b64encode(os.urandom(size)).decode()
+
+
 # Each case breaks its own check and, where it can, every later check too: the message
 # names the first broken check, which pins K-26's order.
 def k26_cases(kit: Any) -> list[tuple[PrivateKey, str, str]]:
@@ -46,9 +50,9 @@ def k26_cases(kit: Any) -> list[tuple[PrivateKey, str, str]]:
         (KEY, "v2:a:b:c:d:!!", "invalid key format"),
         (KEY, "v2:a:b:c:!!", "invalid base64 in the encrypted part"),  # 4
         (KEY, "v2:a:b:c:QUJD=", "invalid base64 in the encrypted part"),
-        (KEY, "v2:a:b:c:" + base64.b64encode(os.urandom(60)).decode(), "decryption error"),  # 5
+        (KEY, "v2:a:b:c:" + b64_random(60), "decryption error"),  # 5
         (KEY, encrypt(OTHER.public_key, "", "s"), "decryption error. This usually means"),
-        (KEY, "v2:a:b:c:" + base64.b64encode(os.urandom(47)).decode(), "encrypted data is too short (47 bytes"),
+        (KEY, "v2:a:b:c:" + b64_random(47), "encrypted data is too short (47 bytes"),
         (KEY, "v2:a:b:c:", "encrypted data is too short (0 bytes"),
         (KEY, seal(pk, b"\xff\xfe", kh=BAD, nh=BAD, sh=BAD), "can't decode namespace"),  # 6
         (KEY, seal(pk, b"nocolon", kh=BAD, nh=BAD, sh=BAD), "decrypted data is invalid"),  # 7
