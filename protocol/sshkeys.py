@@ -109,6 +109,8 @@ def parse_private_keys(text: str) -> list[PrivateKey]:
             keys.extend(_parse_block(data))
         except KeyFormatError as exc:
             raise KeyFormatError(f"block {number}: {exc}") from None
+    if not keys:
+        raise KeyFormatError("the key blocks hold no keys")
     return keys
 
 

@@ -218,3 +218,9 @@ def test_key_file_that_is_not_a_regular_file(tmp_path: Path, no_fd_leak: None) -
     os.mkfifo(fifo, 0o600)  # must not hang waiting for a writer
     with pytest.raises(SecretError, match=f"^{fifo}: key file is not a regular file"):
         load_private_keys(fifo)
+
+
+def test_block_with_no_keys(kit: Any) -> None:
+    lines = kit.private_block([]).splitlines()
+    with pytest.raises(KeyFormatError, match="hold no keys"):
+        parse_private_keys("\n".join(lines))
