@@ -3,6 +3,7 @@
 Owns the command line only; the format and the cryptography are protocol/secrets.py's.
 Rules: every error is one line on stderr and exit code 1, usage errors included (the
 original used clap); decrypted secrets go to stdout only, never into a message.
+Imports protocol only.
 """
 
 from __future__ import annotations

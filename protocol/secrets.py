@@ -10,7 +10,8 @@ Rules:
 - Every failure is a `SecretError`; no input makes decryption raise anything else.
 - No message ever holds a secret or private key byte. A namespace appears only once its
   hash has been verified, and only if it is a valid namespace name.
-- Pure except `load_private_keys`, which reads (only) the file it is handed.
+- Pure except `load_private_keys`, which reads (only) the file it is handed. Imports
+  only protocol.sshkeys of ours; never socket, subprocess, time or logging.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ Rules:
 - Keys of other types than ed25519 are returned as `PrivateKey` with `key_type` set,
   so that decryption reports `Only ed25519 keys are supported` for them (K-26, 1).
 - No secret byte ever reaches a message or a repr.
+- Imports nothing of ours and no I/O module (no os, socket, time).
 """
 
 from __future__ import annotations
