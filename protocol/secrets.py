@@ -34,6 +34,7 @@ from protocol.sshkeys import ED25519, KeyFormatError, PrivateKey, parse_private_
 __all__ = [
     "NAMESPACE_RE",
     "PrivateKey",
+    "allowed_namespaces",
     "SecretError",
     "decrypt",
     "decrypt_environ",
@@ -80,12 +81,23 @@ def encrypt(public_key: bytes, namespace: str, secret: str) -> str:
         curve_public = nacl.bindings.crypto_sign_ed25519_pk_to_curve25519(public_key)
     except nacl.exceptions.CryptoError:
         raise SecretError("the public key is not a valid ed25519 key") from None
-    namespace_bytes, secret_bytes = namespace.encode(), secret.encode()
+    try:
+        namespace_bytes, secret_bytes = namespace.encode(), secret.encode()
+    except UnicodeEncodeError:  # lone surrogates, e.g. from undecodable argv bytes
+        raise SecretError("the secret is not valid UTF-8 text") from None
     sealed = nacl.bindings.crypto_box_seal(namespace_bytes + b":" + secret_bytes, curve_public)
     cipher = base64.b64encode(sealed).decode()
     return ":".join(
         ["v2", key_hash(public_key), short_hash(namespace_bytes), short_hash(secret_bytes), cipher]
     )
+
+
+def allowed_namespaces(
+    secrets_namespaces: Collection[str], extra_secrets_namespaces: Collection[str]
+) -> frozenset[str]:
+    """The namespaces a process may decrypt (K-25): the sandbox's `secrets-namespaces`,
+    or `{""}` when that is empty, plus the process's `extra-secrets-namespaces`."""
+    return frozenset(secrets_namespaces or {""}) | frozenset(extra_secrets_namespaces)
 
 
 def decrypt(private_keys: Sequence[PrivateKey], value: str) -> tuple[str, str]:

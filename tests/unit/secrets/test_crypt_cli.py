@@ -177,3 +177,16 @@ def test_help() -> None:
     for command in ("encrypt", "decrypt", "check-key"):
         done = crypt(command, "--help")
         assert done.returncode == 0 and "--key-file" in done.stdout
+
+
+def test_data_that_is_not_utf8(keys: dict[str, Path]) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "knot.crypt", "encrypt", "-k", str(keys["k.pub"]), "-d", b"\xff"],
+        cwd=ROOT,
+        capture_output=True,
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (
+        1,
+        b"",
+        b"the secret is not valid UTF-8 text\n",
+    )

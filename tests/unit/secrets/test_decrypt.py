@@ -9,7 +9,14 @@ from typing import Any
 import nacl.bindings
 import pytest
 
-from protocol.secrets import SecretError, decrypt, decrypt_environ, encrypt, short_hash
+from protocol.secrets import (
+    SecretError,
+    allowed_namespaces,
+    decrypt,
+    decrypt_environ,
+    encrypt,
+    short_hash,
+)
 from protocol.sshkeys import PrivateKey
 
 DEFAULT_NAMESPACES = frozenset({""})  # K-25: an empty secrets-namespaces means {""}
@@ -208,3 +215,10 @@ def test_no_plaintext_in_any_error(kit: Any) -> None:
 def test_private_key_repr_hides_the_seed() -> None:
     assert KEY.seed.hex() not in repr(KEY)
     assert repr(KEY.seed) not in repr(KEY)
+
+
+def test_k25_allowed_namespaces() -> None:
+    assert allowed_namespaces([], []) == {""}
+    assert allowed_namespaces([], ["x"]) == {"", "x"}
+    assert allowed_namespaces(["a", "b"], []) == {"a", "b"}
+    assert allowed_namespaces(["a"], ["x", "a"]) == {"a", "x"}

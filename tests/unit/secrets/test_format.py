@@ -127,3 +127,9 @@ def test_our_value_opens_as_the_original_opens_it() -> None:
         boxed, seal_nonce(epk, recipient), epk, original_curve_secret(key.seed)
     )
     assert plain == b"ns:s"
+
+
+def test_encrypt_refuses_text_that_is_not_utf8() -> None:
+    key = ed25519_key(os.urandom(32))
+    with pytest.raises(SecretError, match="^the secret is not valid UTF-8 text$"):
+        encrypt(key.public_key, "", "pass\udcffword")
