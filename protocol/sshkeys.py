@@ -90,6 +90,11 @@ def parse_private_keys(text: str) -> list[PrivateKey]:
     """
     keys: list[PrivateKey] = []
     blocks = list(_PEM_BLOCK.finditer(text))
+    if text.count("-----BEGIN ") != len(blocks):
+        raise KeyFormatError(
+            "a '-----BEGIN ...-----' line has no matching '-----END ...-----' line "
+            "(truncated file?)"
+        )
     if not blocks:
         raise KeyFormatError(
             f"no {BEGIN_OPENSSH!r} block found (create the key with "

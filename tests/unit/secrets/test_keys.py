@@ -224,3 +224,10 @@ def test_block_with_no_keys(kit: Any) -> None:
     lines = kit.private_block([]).splitlines()
     with pytest.raises(KeyFormatError, match="hold no keys"):
         parse_private_keys("\n".join(lines))
+
+
+def test_block_without_end_line(kit: Any, seeds: list[bytes]) -> None:
+    complete = kit.private_block(seeds[:1])
+    truncated = complete + complete.rsplit("-----END", 1)[0]
+    with pytest.raises(KeyFormatError, match="no matching '-----END"):
+        parse_private_keys(truncated)
