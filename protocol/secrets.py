@@ -33,9 +33,10 @@ from protocol.sshkeys import ED25519, KeyFormatError, PrivateKey, parse_private_
 
 __all__ = [
     "NAMESPACE_RE",
+    "NAMESPACE_RULE",
     "PrivateKey",
-    "allowed_namespaces",
     "SecretError",
+    "allowed_namespaces",
     "decrypt",
     "decrypt_environ",
     "encrypt",
