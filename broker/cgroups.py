@@ -145,13 +145,15 @@ class CgroupLayout:
             for part in group.split("/"):
                 if self.version is Version.V2:
                     self._enable_subtree(group, current)
-                current = os.path.join(current, part)
+                parent, current = current, os.path.join(current, part)
                 try:
                     os.mkdir(current)
                 except FileExistsError:
-                    pass
+                    continue
                 except OSError as e:
                     raise CgroupError(f"cgroup {group}: mkdir {current}: {errname(e)}") from e
+                if "cpuset" in hierarchy.controllers:
+                    _inherit_cpuset(group, parent, current)
         return handle
 
     def _enable_subtree(self, group: str, parent_dir: str) -> None:
@@ -358,6 +360,16 @@ def _write(group: str, path: str, value: str) -> None:
             os.close(fd)
     except OSError as e:
         raise CgroupError(f"cgroup {group}: writing {path} = {value}: {errname(e)}") from e
+
+
+def _inherit_cpuset(group: str, parent: str, child: str) -> None:
+    # v1 cpuset: a new group starts with empty cpuset.cpus and cpuset.mems, and adding
+    # a process to it fails with ENOSPC; copy the parent's, as cgroup2 does implicitly.
+    for name in ("cpuset.cpus", "cpuset.mems"):
+        if not _read(group, os.path.join(child, name)).strip():
+            _write(
+                group, os.path.join(child, name), _read(group, os.path.join(parent, name)).strip()
+            )
 
 
 def _try(errors: list[str], group: str, path: str, value: str) -> None:

@@ -150,6 +150,11 @@ class PortTable:
             PortError: `tcp-ports 0.0.0.0:80: bind: EADDRINUSE` and the like.
         """
         address = Address.parse(host, port)
+        if settings.listen_backlog < 0:
+            # listen(2) would quietly treat it as 0; a config error must be visible.
+            raise PortError(
+                f"tcp-ports {address}: listen-backlog: {settings.listen_backlog} must be >= 0"
+            )
         if settings.reuse_port:
             listener = self._private.get((address, instance))
             if listener is None:

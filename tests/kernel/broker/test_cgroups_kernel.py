@@ -209,3 +209,17 @@ def test_v2_real_mount_group_process_and_removal(
     handle.remove()
     layout.handle(kernel.slice).remove()
     assert not (cgroup2 / kernel.slice).exists()
+
+
+def test_v1_cpuset_group_accepts_a_process(kernel: Kernel) -> None:
+    # A fresh v1 cpuset group has no cpus or mems; without copying the parent's,
+    # adding a process fails with ENOSPC.
+    layout = cgroups.detect(["cpuset"])
+    if layout.version is not Version.V1:
+        pytest.skip("this host runs cgroup v2")
+    group = f"{kernel.slice}/web:app.0.scope"
+    kernel.track(layout, group)
+    handle = layout.create(group)
+    child = kernel.child()
+    handle.add(child.pid)
+    assert proc_cgroup(child.pid)["cpuset"] == f"/{group}"

@@ -152,7 +152,17 @@ def test_errors_name_address_step_and_errno(table: PortTable) -> None:
         table.acquire("web/app.0", "localhost", 80, SHARED)
     with pytest.raises(PortError, match=r"^tcp-ports 70000: port must be in 0..65535"):
         table.acquire("web/app.0", "127.0.0.1", 70000, SHARED)
+    with pytest.raises(PortError, match=r"^tcp-ports 127.0.0.1:1: listen-backlog: -1 must be"):
+        table.acquire("web/app.0", "127.0.0.1", 1, SocketSettings(listen_backlog=-1))
     assert table.sockets() == []
+
+
+def test_reuse_port_beside_a_shared_socket_is_refused(table: PortTable) -> None:
+    port = free_port()
+    table.acquire("web/app.0", "127.0.0.1", port, SHARED)
+    with pytest.raises(PortError, match=rf"^tcp-ports 127.0.0.1:{port}: bind: EADDRINUSE$"):
+        table.acquire("web/app.1", "127.0.0.1", port, REUSE_PORT)
+    assert [i.instances for i in table.sockets()] == [{"web/app.0"}]
 
 
 # ---- re-exec (T-17, E-17) ------------------------------------------------------------
