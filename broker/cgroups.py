@@ -103,7 +103,7 @@ def shares_to_weight(shares: int) -> int:
     weight = clamp(shares * 100 // 1024, 1, 10000). The default maps to the default,
     so an instance with the default cpu-shares competes equally with everything
     else on the host (runc's 1 + (shares - 2) * 9999 // 262142 maps 1024 to 39).
-    Ratios between groups are kept for shares 11..102400.
+    Ratios between groups are kept (up to rounding down) for shares 11..102400.
     """
     return max(1, min(10000, shares * 100 // DEFAULT_CPU_SHARES))
 

@@ -139,6 +139,10 @@ def test_set_non_block_and_backlog(table: PortTable) -> None:
     fd = table.acquire("web/app.0", "127.0.0.1", free_port(), SocketSettings(set_non_block=True))
     assert not os.get_blocking(fd)
     assert not os.get_inheritable(fd)  # CLOEXEC until prepare_for_exec
+    table.prepare_for_exec()
+    assert os.get_inheritable(fd)
+    table.exec_failed()  # execve failed: children must not inherit the socket either
+    assert not os.get_inheritable(fd)
 
 
 def test_errors_name_address_step_and_errno(table: PortTable) -> None:
