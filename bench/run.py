@@ -1,0 +1,203 @@
+"""python3 -m bench.run: lithos and its peers on the same work, in the same run.
+
+Usage (as root): python3 -m bench.run [--quick] [--only spawn,many,memory,restart]
+                 [--n 100] [--samples 50] [--contenders floor,lithos,unshare,bwrap,crun]
+Prints the machine, then one table per measurement with the median, p90 and the
+ratio to the C floor measured in the same run. A contender that is missing (no
+bwrap, no knot.spawn on this branch) is named and skipped. --install-peers
+apt-get installs bubblewrap and crun when missing. Ctrl-C stops the run; the
+temp dir and every process the run started are removed either way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import subprocess
+import sys
+
+from bench import measure
+from bench.contenders import ALL, Contender
+from bench.env import BenchEnv, BenchError
+
+MEASUREMENTS = ("spawn", "many", "memory", "restart")
+KEYS = {"floor": "C floor", "lithos": "lithos", "unshare": "unshare", "bwrap": "bwrap",
+        "crun": "crun"}
+CRUN_MANY_MAX = 100  # crun is slow to start in bulk; larger N only for the others
+
+
+def _version(argv: list[str]) -> str:
+    if shutil.which(argv[0]) is None:
+        return "absent"
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    return (done.stdout or done.stderr).strip().splitlines()[0]
+
+
+def machine_facts() -> list[str]:
+    return [f"nproc {os.cpu_count()}, kernel {platform.release()}, "
+            f"python {platform.python_version()}, {platform.machine()}",
+            f"unshare: {_version(['unshare', '--version'])}; "
+            f"bwrap: {_version(['bwrap', '--version'])}; crun: {_version(['crun', '--version'])}",
+            f"load average before the run: {_load()}"]
+
+
+def install_peers() -> None:
+    missing = [pkg for tool, pkg in (("bwrap", "bubblewrap"), ("crun", "crun"))
+               if shutil.which(tool) is None]
+    if missing:
+        print(f"installing {' '.join(missing)} with apt-get", flush=True)
+        subprocess.run(["apt-get", "install", "-y", "-q", *missing], check=False,
+                       stdout=subprocess.DEVNULL, timeout=300)
+
+
+Row = tuple[str, measure.Result]
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
+def table(title: str, unit: str, rows: list[Row]) -> None:
+    """One markdown table: median, p90 and the ratio of medians to the C floor's."""
+    floor = next((r.median for name, r in rows if name == "C floor"), None)
+    print(f"\n### {title}\n")
+    print(f"| contender | median {unit} | p90 {unit} | x C floor | note |")
+    print("|---|---:|---:|---:|---|")
+    for name, r in rows:
+        med = r.median
+        ratio = f"{med / floor:.1f}" if med is not None and floor else "-"
+        note = f"failed: {r.error}" if r.error else r.note
+        print(f"| {name} | {_fmt(med)} | {_fmt(r.p90)} | {ratio} | {note} |")
+    sys.stdout.flush()
+
+
+def mem_table(rows: list[tuple[str, int, measure.Memory | None]]) -> None:
+    print("\n### Resident memory per container while N run (PSS from smaps_rollup)\n")
+    print("| contender | N | runtime processes per container | runtime PSS kB | x C floor | "
+          "service PSS kB |")
+    print("|---|---:|---:|---:|---:|---:|")
+    floor = next((m.runtime_pss_kb for name, _, m in rows if name == "C floor" and m), None)
+    for name, n, m in rows:
+        if m is None:
+            print(f"| {name} | {n} | - | - | - | - |")
+            continue
+        ratio = f"{m.runtime_pss_kb / floor:.1f}" if floor else "-"
+        print(f"| {name} | {n} | {m.runtime_processes:.2f} | {m.runtime_pss_kb:.0f} | {ratio} | "
+              f"{m.service_pss_kb:.0f} |")
+    sys.stdout.flush()
+
+
+def _ordered(contenders: list[Contender], results: dict[str, measure.Result]) -> list[Row]:
+    return [(c.name, results[c.name]) for c in contenders if c.name in results]
+
+
+def _parse_list(value: str, allowed: tuple[str, ...], flag: str) -> list[str]:
+    items = [v for v in value.split(",") if v] if value else list(allowed)
+    bad = [v for v in items if v not in allowed]
+    if bad:
+        raise BenchError(f"bench: {flag}: {','.join(bad)} is not one of {','.join(allowed)}")
+    return items
+
+
+def run(args: argparse.Namespace) -> int:
+    only = _parse_list(args.only, MEASUREMENTS, "--only")
+    wanted = {KEYS[w] for w in _parse_list(args.contenders, tuple(KEYS), "--contenders")}
+    samples = args.samples or (5 if args.quick else 50)
+    n = args.n or (20 if args.quick else 100)
+    if args.install_peers:
+        install_peers()
+    if not args.no_nice:
+        # Other work on the machine would otherwise add its scheduling noise to
+        # every sample; every contender inherits the same priority.
+        os.setpriority(os.PRIO_PROCESS, 0, -20)
+    print("## Machine\n")
+    for line in machine_facts():
+        print(f"- {line}")
+    print(f"- command: python3 -m bench.run {' '.join(sys.argv[1:])}".rstrip())
+    print(f"- nice: {os.getpriority(os.PRIO_PROCESS, 0)} (inherited by every contender)")
+    env = BenchEnv()
+    try:
+        contenders: list[Contender] = []
+        for cls in ALL:
+            c = cls(env)
+            if c.name not in wanted:
+                continue
+            why = c.missing()
+            if why:
+                print(f"- skipped: {why}")
+                continue
+            c.prepare()
+            contenders.append(c)
+        if "spawn" in only:
+            results = measure.spawn_latency(env, list(contenders), samples)
+            table(f"Spawn latency: start request -> first instruction ({samples} samples, "
+                  "interleaved)", "ms", _ordered(contenders, results))
+        if "many" in only or "memory" in only:
+            _many_and_memory(env, contenders, n, only)
+        if "restart" in only:
+            restartable = [c for c in contenders if c.can_restart]
+            results = measure.restart_latency(env, list(restartable), samples)
+            for c in restartable:
+                if c.name in results and not results[c.name].error:
+                    results[c.name].note = RESTART_NOTES.get(c.name, "")
+            table(f"Restart latency: kill -9 of the service -> first instruction of the new "
+                  f"one ({samples} samples, interleaved)", "ms", _ordered(restartable, results))
+        print(f"\n- load average after the run: {_load()}")
+    finally:
+        env.close()
+    return 0
+
+
+RESTART_NOTES = {"C floor": "pid 1 is a C loop: fork, exec, wait, again",
+                 "lithos": "knot restart-process-only, restart-timeout 0"}
+
+
+def _load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def _many_and_memory(env: BenchEnv, contenders: list[Contender], n: int,
+                     only: list[str]) -> None:
+    many_rows: list[Row] = []
+    mem_rows: list[tuple[str, int, measure.Memory | None]] = []
+    for c in contenders:
+        cn = min(n, CRUN_MANY_MAX) if c.name == "crun" else n
+        result, mem = measure.many(env, c, cn, "memory" in only)
+        if result.values:
+            result.note = f"N={cn}, {result.values[0] / cn:.2f} ms per container"
+        many_rows.append((c.name, result))
+        mem_rows.append((c.name, cn, mem))
+        print(f"  {c.name}: {cn} started", file=sys.stderr, flush=True)
+    if "many" in only:
+        table(f"{n} long-running containers from cold: start requests -> all ready "
+              "(one run each)", "ms", many_rows)
+    if "memory" in only:
+        mem_table(mem_rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python3 -m bench.run", description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="5 samples, N=20 (under 30 s)")
+    p.add_argument("--only", default="", help=f"comma-separated: {','.join(MEASUREMENTS)}")
+    p.add_argument("--n", type=int, default=0, help="containers for many/memory (default 100)")
+    p.add_argument("--samples", type=int, default=0, help="samples per latency (default 50)")
+    p.add_argument("--contenders", default="", help=f"comma-separated: {','.join(KEYS)}")
+    p.add_argument("--no-nice", action="store_true",
+                   help="keep the current nice value (default: run at nice -20)")
+    p.add_argument("--install-peers", action="store_true",
+                   help="apt-get install bubblewrap and crun if missing")
+    args = p.parse_args(argv)
+    try:
+        return run(args)
+    except BenchError as e:
+        print(str(e), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("bench: interrupted; everything it started was removed", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
