@@ -118,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"- command: python3 -m bench.run {' '.join(sys.argv[1:])}".rstrip())
     print(f"- nice: {os.getpriority(os.PRIO_PROCESS, 0)} (inherited by every contender)")
     env = BenchEnv()
+    print(f"- work dir: {env.tmp} (removed at exit)")
     try:
         contenders: list[Contender] = []
         for cls in ALL:
