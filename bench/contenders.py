@@ -132,7 +132,7 @@ class Bwrap(Contender):
 class Crun(Contender):
     """crun run with an OCI bundle (rootfs = the image, readonly); no cgroups
     (--cgroup-manager=disabled: the others make none either), no masked or
-    read-only paths, only /proc and the tmpfs mounted. Held containers use
+    read-only paths; mounts /proc, the tmpfs and a tmpfs /dev (crun fills it). Held containers use
     --detach, so no crun process stays (the harness adopts pid 1)."""
 
     name = "crun"
@@ -161,6 +161,10 @@ class Crun(Contender):
         cfg["mounts"] = [
             {"destination": "/proc", "type": "proc", "source": "proc",
              "options": ["nosuid", "noexec", "nodev"]},
+            # crun creates device nodes and /dev/ptmx in the rootfs's /dev: without
+            # a /dev of its own it would write into the shared image (and race).
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+             "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
             {"destination": "/data", "type": "tmpfs", "source": "tmpfs",
              "options": ["nosuid", "nodev", "size=16m"]},
         ]

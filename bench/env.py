@@ -76,16 +76,28 @@ def comm(pid: int) -> str:
         return ""
 
 
-def pss_kb(pid: int) -> int:
-    """Proportional set size of pid from smaps_rollup (0 if it is gone)."""
+def rollup_kb(pid: int) -> dict[str, int]:
+    """smaps_rollup of pid in kB (empty if it is gone or a zombie)."""
     try:
         text = Path(f"/proc/{pid}/smaps_rollup").read_text()
     except (FileNotFoundError, ProcessLookupError):
-        return 0
-    for line in text.splitlines():
-        if line.startswith("Pss:"):
-            return int(line.split()[1])
-    return 0
+        return {}
+    fields = {}
+    for line in text.splitlines()[1:]:
+        key, _, value = line.partition(":")
+        fields[key] = int(value.split()[0])
+    return fields
+
+
+def pss_kb(pid: int) -> int:
+    """Proportional set size of pid (0 if it is gone)."""
+    return rollup_kb(pid).get("Pss", 0)
+
+
+def uss_kb(pid: int) -> int:
+    """Unique set size of pid: its private pages, what killing it would free."""
+    r = rollup_kb(pid)
+    return r.get("Private_Clean", 0) + r.get("Private_Dirty", 0)
 
 
 def _ignore(signum: int, frame: object) -> None:

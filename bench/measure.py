@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 
 from bench.contenders import PAYLOAD_COMMS, Contender
-from bench.env import BenchEnv, BenchError, children, comm, descendants, pss_kb
+from bench.env import BenchEnv, BenchError, children, comm, descendants, pss_kb, uss_kb
 
 TIMEOUT_S = 30.0
 NS_PER_MS = 1_000_000
@@ -96,6 +96,7 @@ class Memory:
     """What stays resident per container (kB of PSS), and how many runtime processes."""
 
     runtime_pss_kb: float
+    runtime_uss_kb: float
     runtime_processes: float
     service_pss_kb: float
 
@@ -119,15 +120,16 @@ def many(env: BenchEnv, c: Contender, n: int, with_memory: bool) -> tuple[Result
 
 def memory(n: int) -> Memory:
     """PSS of every process under the harness, split into runtime and service, per container."""
-    runtime = service = count = 0
+    runtime = unique = service = count = 0
     for pid in descendants(os.getpid()):
         kb = pss_kb(pid)
         if comm(pid) in PAYLOAD_COMMS:
             service += kb
         elif kb:  # a zombie (a launcher not yet reaped) holds no memory
             runtime += kb
+            unique += uss_kb(pid)
             count += 1
-    return Memory(runtime / n, count / n, service / n)
+    return Memory(runtime / n, unique / n, count / n, service / n)
 
 
 def restart_latency(env: BenchEnv, contenders: list[Contender], samples: int,

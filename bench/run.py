@@ -15,6 +15,7 @@ import argparse
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -76,16 +77,16 @@ def table(title: str, unit: str, rows: list[Row]) -> None:
 def mem_table(rows: list[tuple[str, int, measure.Memory | None]]) -> None:
     print("\n### Resident memory per container while N run (PSS from smaps_rollup)\n")
     print("| contender | N | runtime processes per container | runtime PSS kB | x C floor | "
-          "service PSS kB |")
-    print("|---|---:|---:|---:|---:|---:|")
+          "runtime USS kB | service PSS kB |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     floor = next((m.runtime_pss_kb for name, _, m in rows if name == "C floor" and m), None)
     for name, n, m in rows:
         if m is None:
-            print(f"| {name} | {n} | - | - | - | - |")
+            print(f"| {name} | {n} | - | - | - | - | - |")
             continue
         ratio = f"{m.runtime_pss_kb / floor:.1f}" if floor else "-"
         print(f"| {name} | {n} | {m.runtime_processes:.2f} | {m.runtime_pss_kb:.0f} | {ratio} | "
-              f"{m.service_pss_kb:.0f} |")
+              f"{m.runtime_uss_kb:.0f} | {m.service_pss_kb:.0f} |")
     sys.stdout.flush()
 
 
@@ -178,6 +179,10 @@ def _many_and_memory(env: BenchEnv, contenders: list[Contender], n: int,
         mem_table(mem_rows)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python3 -m bench.run", description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="5 samples, N=20 (under 30 s)")
@@ -190,6 +195,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--install-peers", action="store_true",
                    help="apt-get install bubblewrap and crun if missing")
     args = p.parse_args(argv)
+    # Ctrl-C and SIGTERM both clean up, even when started with SIGINT ignored
+    # (a background job of a non-interactive shell).
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         return run(args)
     except BenchError as e:
