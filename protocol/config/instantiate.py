@@ -188,6 +188,13 @@ def instantiate(container: ContainerConfig, process: ProcessConfig, sandbox: San
             continue
         ports[port], origin[port] = port_cfg, key
 
+    by_fd: dict[int, int] = {}
+    for port, cfg in ports.items():
+        if cfg.fd in by_fd:
+            problems.append(Problem(cfile, f"tcp-ports.{origin[port]}.fd", str(cfg.fd),
+                                    f"is also the fd of port {by_fd[cfg.fd]}"))
+        by_fd.setdefault(cfg.fd, port)
+
     activated = _activated(container)
     problems += _activation_problems(container)
     if activated:
@@ -199,13 +206,6 @@ def instantiate(container: ContainerConfig, process: ProcessConfig, sandbox: San
         environ["LISTEN_FDS"] = str(len(activated))
         environ["LISTEN_FDNAMES"] = ":".join(activated)
         pid_environ.append("LISTEN_PID")
-
-    by_fd: dict[int, int] = {}
-    for port, cfg in ports.items():
-        if cfg.fd in by_fd:
-            problems.append(Problem(cfile, f"tcp-ports.{origin[port]}.fd", str(cfg.fd),
-                                    f"is also the fd of port {by_fd[cfg.fd]}"))
-        by_fd.setdefault(cfg.fd, port)
 
     bridged = sandbox.bridged_network is not None
     reported: set[int] = set()

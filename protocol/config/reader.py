@@ -111,7 +111,7 @@ def mapping_items(ctx: Ctx, node: Node, key: str) -> dict[str, tuple[Node, Node]
             continue
         text = str(knode.value)
         if text in explicit:
-            ctx.error(join(key, text), knode, "is given twice")
+            ctx.error(join(key, text), knode, "is given twice", "")
             continue
         explicit[text] = (knode, vnode)
     return explicit | {t: p for t, p in merged.items() if t not in explicit}
