@@ -8,8 +8,22 @@ from pathlib import Path
 import pytest
 
 from protocol.config import (
-    Activation, ChoiceVar, ConfigError, DottedNameVar, HostsFile, IdMapEntry, Kind, NameVar,
-    Persistent, Readonly, ResolvConf, Statedir, TcpPortConfig, TcpPortVar, Tmpfs, map_dir,
+    Activation,
+    ChoiceVar,
+    ConfigError,
+    DottedNameVar,
+    HostsFile,
+    IdMapEntry,
+    Kind,
+    NameVar,
+    Persistent,
+    Readonly,
+    ResolvConf,
+    Statedir,
+    TcpPortConfig,
+    TcpPortVar,
+    Tmpfs,
+    map_dir,
     parse_container,
 )
 

@@ -5,8 +5,16 @@ from __future__ import annotations
 import pytest
 
 from protocol.config import (
-    ConfigError, ContainerConfig, InstantiatedContainer, ProcessConfig, SandboxConfig,
-    instantiate, parse_container, parse_processes, parse_sandbox, substitute,
+    ConfigError,
+    ContainerConfig,
+    InstantiatedContainer,
+    ProcessConfig,
+    SandboxConfig,
+    instantiate,
+    parse_container,
+    parse_processes,
+    parse_sandbox,
+    substitute,
 )
 from protocol.config.instantiate import check_container
 
@@ -137,7 +145,8 @@ def test_ports_allowed_unless_bridged_and_not_external() -> None:
 
 def test_bad_and_duplicate_ports() -> None:
     with pytest.raises(ConfigError) as err:
-        inst(b"variables:\n  p: !TcpPort\ntcp-ports: {'@{p}': {fd: 3}, 8001: {fd: 3}, x: {fd: 4}}\n",
+        inst(b"variables:\n  p: !TcpPort\n"
+             b"tcp-ports: {'@{p}': {fd: 3}, 8001: {fd: 3}, x: {fd: 4}}\n",
              b"  variables: {p: '8001'}\n")
     msgs = " | ".join(p.message for p in err.value.problems)
     assert "same port" in msgs and "not a port number" in msgs

@@ -7,7 +7,12 @@ from pathlib import Path
 import pytest
 
 from protocol.config import (
-    DEFAULT_CGROUP_CONTROLLERS, ConfigError, LogLevel, list_sandboxes, load_master, parse_master,
+    DEFAULT_CGROUP_CONTROLLERS,
+    ConfigError,
+    LogLevel,
+    list_sandboxes,
+    load_master,
+    parse_master,
 )
 
 FILE = "/etc/lithos/master.yaml"

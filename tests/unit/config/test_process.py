@@ -9,8 +9,14 @@ from pathlib import Path
 import pytest
 
 from protocol.config import (
-    ConfigError, Kind, check_process, image_path, instance_fingerprint, parse_processes,
-    parse_sandbox, process_config_log_json,
+    ConfigError,
+    Kind,
+    check_process,
+    image_path,
+    instance_fingerprint,
+    parse_processes,
+    parse_sandbox,
+    process_config_log_json,
 )
 
 FILE = "/etc/lithos/processes/web.yaml"

@@ -8,8 +8,16 @@ from pathlib import Path
 import pytest
 
 from protocol.config import (
-    BridgedNetwork, ConfigError, IdMapEntry, IdRanges, LogLevel, load_sandbox, parse_master,
-    parse_sandbox, process_config_path, sandbox_log_path,
+    BridgedNetwork,
+    ConfigError,
+    IdMapEntry,
+    IdRanges,
+    LogLevel,
+    load_sandbox,
+    parse_master,
+    parse_sandbox,
+    process_config_path,
+    sandbox_log_path,
 )
 
 FILE = "/etc/lithos/sandboxes/web.yaml"
