@@ -148,9 +148,12 @@ class MapReader:
         self.node = node
         self.used: dict[str, str] = {}    # spelling -> field name
         self.known: list[str] = []
+        self.spellings: dict[str, str] = {}   # every accepted spelling -> field name
 
     def _find(self, name: str, aliases: tuple[str, ...]) -> tuple[str, Node] | None:
         self.known.append(name.replace("_", "-"))
+        for spelling in (name, name.replace("_", "-"), *aliases):
+            self.spellings[spelling] = name
         for spelling in (name, name.replace("_", "-"), *aliases):
             if spelling in self.items:
                 self.used[spelling] = name
@@ -185,10 +188,10 @@ class MapReader:
         for text, (knode, _) in self.items.items():
             if text in self.used or text.startswith("_"):
                 continue
-            norm = text.replace("-", "_")
-            if norm in by_field:
+            field = self.spellings.get(text, text.replace("-", "_"))
+            if field in by_field:
                 self.ctx.error(join(self.key, text), knode,
-                               f"is the same key as {by_field[norm]!r}; give it only once", "")
+                               f"is the same key as {by_field[field]!r}; give it only once", "")
                 continue
             close = difflib.get_close_matches(text.replace("_", "-"), self.known, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""

@@ -130,8 +130,9 @@ def compose_text(data: bytes, file: str) -> Node | None:
     except UnicodeDecodeError as e:
         raise ConfigError([Problem(
             file, "", "", f"is not valid UTF-8 (bad byte at offset {e.start})")]) from None
-    loader = LithosLoader(text)
+    loader: LithosLoader | None = None
     try:
+        loader = LithosLoader(text)     # the Reader rejects unprintable characters here
         node = loader.get_single_node()
     except yaml.MarkedYAMLError as e:
         line = int(e.problem_mark.line) + 1 if e.problem_mark is not None else 0
@@ -142,7 +143,8 @@ def compose_text(data: bytes, file: str) -> Node | None:
     except RecursionError:
         raise ConfigError([Problem(file, "", "", "is nested too deeply")]) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     if node is not None:
         check_graph(node, file)
     return node
