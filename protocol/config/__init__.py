@@ -25,6 +25,7 @@ from .image import read_in_image
 from .instantiate import (
     BUILTIN_VARIABLES,
     InstantiatedContainer,
+    check_container,
     check_ids,
     instance_fingerprint,
     instantiate,
@@ -60,7 +61,8 @@ __all__ = [
     "IdRanges", "InstantiatedContainer", "IpAddress", "IpNetwork", "Kind", "LogLevel",
     "MasterConfig", "Metadata", "NameVar", "Persistent", "Problem", "ProcessConfig",
     "Readonly", "ResolvConf", "SandboxConfig", "Statedir", "TcpPortConfig", "TcpPortVar",
-    "Tmpfs", "Variable", "Volume", "check_ids", "check_process", "image_path",
+    "Tmpfs", "Variable", "Volume", "check_container", "check_ids", "check_process",
+    "image_path",
     "instance_fingerprint", "instantiate", "list_sandboxes", "load_container", "load_master",
     "load_processes", "load_sandbox", "map_dir", "parse_container", "parse_humannum",
     "parse_master", "parse_processes", "parse_sandbox", "process_config_log_json",

@@ -87,6 +87,13 @@ def p_facility(ctx: Ctx, node: Node, key: str) -> str:
     return text
 
 
+def _p_user(ctx: Ctx, node: Node, key: str) -> str:
+    text = p_str(ctx, node, key)
+    if not text or text != text.strip():
+        raise ctx.fail(key, node, "must be a user name (like nobody)")
+    return text
+
+
 def _abs_dir(ctx: Ctx, node: Node, key: str) -> Path:
     text = p_str(ctx, node, key)
     if not text.startswith("/"):
@@ -127,7 +134,7 @@ def _build(ctx: Ctx, node: Node | None, file: str) -> MasterConfig:
         syslog_facility=m.get("syslog_facility", optional(p_facility), None),
         syslog_app_name=m.get("syslog_app_name", p_str, "lithos",
                               aliases=("syslog-name", "syslog_name")),
-        supervisor_user=m.get("supervisor_user", p_str, "nobody"),
+        supervisor_user=m.get("supervisor_user", _p_user, "nobody"),
     )
     m.finish()
     return master

@@ -187,13 +187,14 @@ def _scalar_u32(ctx: Ctx, node: Node, key: str) -> int:
     return p_int(0, 2**32 - 1)(ctx, node, key)
 
 
-def parse_sandbox(data: bytes, file: str, name: str) -> SandboxConfig:
-    """Parse a sandbox config.
+def parse_sandbox(data: bytes, file: str, name: str | None = None) -> SandboxConfig:
+    """Parse a sandbox config; `name` defaults to the file stem (`web` for web.yaml).
 
     Raises:
         ConfigError: listing every problem.
     """
-    return run_parse(data, file, lambda ctx, node: _build(ctx, node, file, name))
+    stem = name if name is not None else Path(file).name.removesuffix(".yaml")
+    return run_parse(data, file, lambda ctx, node: _build(ctx, node, file, stem))
 
 
 def load_sandbox(path: Path | str) -> SandboxConfig:
