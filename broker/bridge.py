@@ -184,6 +184,9 @@ def setup_container_network(
     if after_setup_command and not after_setup_command[0].startswith("/"):
         raise NetworkError(f"bridged-network.after-setup-command: {list(after_setup_command)} "
                            f'must start with an absolute path, not "{after_setup_command[0]}"')
+    if not 0 < prefixlen <= address.max_prefixlen:
+        raise NetworkError(f"bridged-network.network: prefix length {prefixlen} is not in "
+                           f"1..{address.max_prefixlen} (for ip-addresses {address})")
     if gateway is not None and gateway.version != address.version:
         raise NetworkError(f"bridged-network.default-gateway: {gateway} is not an "
                            f"IPv{address.version} address like ip-addresses {address}")
