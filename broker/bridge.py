@@ -93,7 +93,12 @@ def _netns_fd(netns: Netns) -> Iterator[int]:
 def _rtnl(netns_fd: int | None) -> Iterator[IPRoute]:
     """An rtnetlink socket in `netns_fd` (None: our own netns)."""
     # flags=0: pyroute2 would otherwise *create* a netns at a path that is missing.
-    ipr = IPRoute() if netns_fd is None else IPRoute(netns=netns_fd, flags=0)
+    try:
+        ipr = IPRoute() if netns_fd is None else IPRoute(netns=netns_fd, flags=0)
+    except (OSError, NetlinkError) as exc:
+        where = "our" if netns_fd is None else f"fd {netns_fd}'s"
+        raise NetworkError(f"bridge: opening rtnetlink in {where} network namespace: "
+                           f"{_errname(exc)}") from exc
     try:
         yield ipr
     finally:
@@ -106,13 +111,18 @@ def _index(ipr: IPRoute, ifname: str) -> int | None:
 
 
 def _check_bridge(ipr: IPRoute, bridge: str) -> int:
-    index = _index(ipr, bridge)
+    try:
+        index = _index(ipr, bridge)
+        kind = None if index is None else ipr.get_links(index)[0].get_nested(
+            "IFLA_LINKINFO", "IFLA_INFO_KIND")
+    except NetlinkError as exc:
+        raise NetworkError(f'bridged-network.bridge: "{bridge}": looking it up: '
+                           f"{_errname(exc)}") from exc
     if index is None:
         raise NetworkError(
             f'bridged-network.bridge: "{bridge}" does not exist in the host network '
             f"namespace (the operator creates the bridge, e.g. "
             f'"ip link add {bridge} type bridge"; see docs/networking.md)')
-    kind = ipr.get_links(index)[0].get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND")
     if kind != "bridge":
         raise NetworkError(f'bridged-network.bridge: "{bridge}" is a {kind or "plain"} '
                            f"interface, not a bridge")
@@ -200,19 +210,14 @@ def setup_container_network(
             _create_pair(ipr, handle, container_fd)
             try:
                 _attach(ipr, handle, bridge_index)
-            except NetworkError:
-                _cleanup(ipr, host)
+                with _rtnl(container_fd) as guest_ipr:
+                    _configure_guest(guest_ipr, handle, prefixlen, gateway)
+                if after_setup_command:
+                    _run_after_setup(after_setup_command, address, container_fd,
+                                     after_setup_timeout_s)
+            except BaseException:
+                _cleanup(ipr, host)  # deleting the host end deletes the pair
                 raise
-        try:
-            with _rtnl(container_fd) as ipr:
-                _configure_guest(ipr, handle, prefixlen, gateway)
-            if after_setup_command:
-                _run_after_setup(after_setup_command, address, container_fd,
-                                 after_setup_timeout_s)
-        except BaseException:
-            with _rtnl(host_fd) as ipr:
-                _cleanup(ipr, host)
-            raise
     log.info("%s: veth %s attached, container end %s has %s/%d", bridge, host, guest,
              address, prefixlen)
     return handle

@@ -6,10 +6,12 @@ bridge and one netns per container. Traffic only flows between them.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import select
 import socket
+import subprocess
 from ipaddress import ip_address, ip_network
 from pathlib import Path
 
@@ -28,7 +30,8 @@ requires_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 pytestmark = requires_root
 
 
-def test_two_containers_get_their_veth_address_route_and_reach_each_other(kernel) -> None:
+def test_two_containers_get_their_veth_address_route_and_reach_each_other(
+        kernel, no_fd_leak: None) -> None:
     """K-32: each container sees lo and its veth, with address and default route."""
     host, a, b = kernel.new_netns(), kernel.new_netns(), kernel.new_netns()
     bridge = kernel.new_bridge(host)
@@ -138,7 +141,8 @@ def test_after_setup_command_runs_inside_the_container_netns(kernel, tmp_path: P
         teardown(handle)
 
 
-def test_after_setup_command_failure_gives_the_exit_code_and_cleans_up(kernel) -> None:
+def test_after_setup_command_failure_gives_the_exit_code_and_cleans_up(
+        kernel, no_fd_leak: None) -> None:
     host, a = kernel.new_netns(), kernel.new_netns()
     bridge = kernel.new_bridge(host)
     with pytest.raises(NetworkError) as err:
@@ -222,3 +226,27 @@ def test_missing_netns_is_a_clear_error(kernel) -> None:
 def test_remove_veth_of_a_missing_interface_is_fine(kernel) -> None:
     host = kernel.new_netns()
     remove_veth("ltnothere", host_netns=host)
+
+
+def test_netns_of_a_running_process_by_proc_path(kernel) -> None:
+    """How the broker calls it: the netns of a live container process, /proc/<pid>/ns/net."""
+    host = kernel.new_netns()
+    bridge = kernel.new_bridge(host)
+    unshare = ctypes.CDLL(None, use_errno=True).unshare
+    # preexec runs before exec and Popen returns after exec: the netns exists by then.
+    proc = subprocess.Popen(["/bin/busybox", "cat"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, preexec_fn=lambda: unshare(0x40000000))
+    try:
+        netns = f"/proc/{proc.pid}/ns/net"
+        assert os.stat(netns).st_ino != os.stat("/proc/self/ns/net").st_ino
+        handle = setup_container_network(netns, bridge, kernel.network[4], 24,
+                                         kernel.network[1], [], host_netns=host)
+        try:
+            assert kernel.links_in(netns) == {"lo", handle.guest_ifname}
+            assert kernel.default_gateway_in(netns) == str(kernel.network[1])
+        finally:
+            teardown(handle)
+        assert kernel.links_in(netns) == {"lo"}
+    finally:
+        proc.kill()
+        proc.communicate(timeout=30)
