@@ -130,10 +130,14 @@ def _check_bridge(ipr: IPRoute, bridge: str) -> int:
 
 
 def _delete_link(ipr: IPRoute, ifname: str) -> bool:
-    """Delete `ifname` if it exists; True when something was deleted."""
+    """Delete the veth `ifname` if it exists; True when something was deleted."""
     index = _index(ipr, ifname)
     if index is None:
         return False
+    kind = ipr.get_links(index)[0].get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND")
+    if kind != "veth":  # a root daemon never deletes an interface it did not make
+        raise NetworkError(f'bridge: "{ifname}" is a {kind or "plain"} interface, not a '
+                           f"veth; refusing to delete it (rename or remove it by hand)")
     try:
         ipr.link("del", index=index)
     except NetlinkError as exc:
@@ -143,24 +147,22 @@ def _delete_link(ipr: IPRoute, ifname: str) -> bool:
     return True
 
 
-def remove_veth(name: str, host_netns: Netns | None = None) -> None:
-    """Delete the veth `name` (and so its peer); a missing one is fine."""
+def remove_veth(name: str, host_netns: Netns | None = None) -> bool:
+    """Delete the veth `name` (and so its peer); True if it existed, a missing one is fine."""
     try:
-        if host_netns is None:
-            with _rtnl(None) as ipr:
-                _delete_link(ipr, name)
-        else:
-            with _netns_fd(host_netns) as fd, _rtnl(fd) as ipr:
-                _delete_link(ipr, name)
+        with contextlib.ExitStack() as stack:
+            fd = None if host_netns is None else stack.enter_context(_netns_fd(host_netns))
+            with _rtnl(fd) as ipr:
+                return _delete_link(ipr, name)
     except (OSError, NetlinkError) as exc:
         raise NetworkError(f'bridge: deleting veth "{name}": {_errname(exc)}') from exc
 
 
 def teardown(handle: NetworkHandle) -> None:
     """Remove the veth pair of a container; idempotent."""
-    remove_veth(handle.host_ifname, handle.host_netns)
-    log.info("%s: veth %s removed (container address %s)", handle.bridge,
-             handle.host_ifname, handle.address)
+    if remove_veth(handle.host_ifname, handle.host_netns):
+        log.info("%s: veth %s removed (container address %s)", handle.bridge,
+                 handle.host_ifname, handle.address)
 
 
 def setup_isolated(netns: Netns) -> None:
@@ -226,8 +228,8 @@ def setup_container_network(
 def _cleanup(ipr: IPRoute, host: str) -> None:
     try:
         _delete_link(ipr, host)
-    except NetlinkError as exc:  # keep the first error; this one is only logged
-        log.error('bridge: deleting veth "%s" after a failed setup: %s', host, _errname(exc))
+    except (NetlinkError, NetworkError) as exc:  # keep the first error; log this one
+        log.error('bridge: deleting veth "%s" after a failed setup: %s', host, exc)
 
 
 def _create_pair(ipr: IPRoute, handle: NetworkHandle, container_fd: int) -> None:

@@ -16,6 +16,7 @@ from ipaddress import ip_address, ip_network
 from pathlib import Path
 
 import pytest
+from pyroute2 import IPRoute
 
 from broker.bridge import (
     NetworkError,
@@ -225,7 +226,7 @@ def test_missing_netns_is_a_clear_error(kernel) -> None:
 
 def test_remove_veth_of_a_missing_interface_is_fine(kernel) -> None:
     host = kernel.new_netns()
-    remove_veth("ltnothere", host_netns=host)
+    assert remove_veth("ltnothere", host_netns=host) is False
 
 
 def test_netns_of_a_running_process_by_proc_path(kernel) -> None:
@@ -250,3 +251,26 @@ def test_netns_of_a_running_process_by_proc_path(kernel) -> None:
     finally:
         proc.kill()
         proc.communicate(timeout=30)
+
+
+def test_existing_container_end_name_gives_eexist_and_no_veth(kernel) -> None:
+    host, a = kernel.new_netns(), kernel.new_netns()
+    bridge = kernel.new_bridge(host)
+    ip = kernel.network[5]
+    _, guest = veth_names(bridge, ip)
+    with IPRoute(netns=a, flags=0) as ipr:  # something already holds the name in there
+        ipr.link("add", ifname=guest, kind="bridge")
+    with pytest.raises(NetworkError) as err:
+        setup_container_network(a, bridge, ip, 24, None, [], host_netns=host)
+    assert str(err.value).startswith(f"ip-addresses: {ip}: creating veth")
+    assert str(err.value).endswith("EEXIST (stale interface from a previous run?)")
+    assert kernel.links_in(host) == {"lo", bridge}
+    assert kernel.links_in(a) == {"lo", guest}
+
+
+def test_remove_veth_never_deletes_other_interfaces(kernel) -> None:
+    host = kernel.new_netns()
+    bridge = kernel.new_bridge(host)
+    with pytest.raises(NetworkError, match=f'"{bridge}" is a bridge interface, not a veth'):
+        remove_veth(bridge, host_netns=host)
+    assert kernel.links_in(host) == {"lo", bridge}
