@@ -307,6 +307,8 @@ def _run_after_setup(argv: Sequence[str], address: IpAddress, container_fd: int,
                                 preexec_fn=lambda: _enter_netns(container_fd))
     except OSError as exc:
         raise NetworkError(f"{key}: cannot run: {_errname(exc)}") from exc
+    except subprocess.SubprocessError as exc:  # setns in the child failed
+        raise NetworkError(f"{key}: cannot enter the container network namespace") from exc
     # Wait on a pidfd with a deadline: a hung helper (arping without -c) must
     # not hang the broker.
     pidfd = os.pidfd_open(proc.pid)
