@@ -8,7 +8,7 @@ Rules:
   replaced): the daemon must keep running whatever happens to its log.
 - A problem is reported on stderr ONCE per change of condition ("cannot open: EISDIR",
   then "writable again"), never once per line. Records that cannot be written are
-  dropped and counted.
+  dropped and counted; the first line written after a gap is a WARN line with that count.
 - The file is opened O_WRONLY|O_APPEND|O_CREAT|O_CLOEXEC, mode 0640 (before umask).
   After any failure the next record tries to open it again. It is also reopened when
   the path no longer names the open file (moved or deleted): the path's st_dev/st_ino
@@ -60,8 +60,9 @@ class _Reporter:
         self.condition: str | None = None
         self.dropped = 0  # records lost since the condition began
 
-    def failed(self, condition: str) -> None:
-        self.dropped += 1
+    def failed(self, condition: str, *, line_lost: bool) -> None:
+        if line_lost:
+            self.dropped += 1
         if condition != self.condition:
             self.condition = condition
             write_stderr(f"lithos: {self.subject}: {condition}; "
@@ -113,11 +114,14 @@ class ReopeningFileHandler(QuietHandler):
 
     def open(self) -> bool:
         """Open (or reopen) the path now; report a failure once; True on success."""
+        return self._open(line_lost=False)
+
+    def _open(self, *, line_lost: bool) -> bool:
         self._close_fd()
         try:
             self.fd = os.open(self.path, _OPEN_FLAGS, FILE_MODE)
         except OSError as exc:
-            self._reporter.failed(f"cannot open: {describe_oserror(exc)}")
+            self._reporter.failed(f"cannot open: {describe_oserror(exc)}", line_lost=line_lost)
             return False
         self._checked_at = self._monotonic()
         return True
@@ -126,7 +130,7 @@ class ReopeningFileHandler(QuietHandler):
         """Close and open the path again (logrotate without copytruncate, SIGHUP)."""
         self.acquire()
         try:
-            self.open()
+            self._open(line_lost=False)
         finally:
             self.release()
 
@@ -145,17 +149,31 @@ class ReopeningFileHandler(QuietHandler):
             return
         if self.fd >= 0 and self._path_moved():
             self._close_fd()
-        if self.fd < 0 and not self.open():
+        if self.fd < 0 and not self._open(line_lost=True):
             return
+        if self._reporter.condition is not None:
+            data = self._gap_note(record) + data
         try:
             _write_all(self.fd, data)
         except OSError as exc:
             # ENOSPC, EIO, EFBIG...: drop the line, and start over from open() next time,
             # which also notices a path that has become a directory meanwhile.
             self._close_fd()
-            self._reporter.failed(f"cannot write: {describe_oserror(exc)}")
+            self._reporter.failed(f"cannot write: {describe_oserror(exc)}", line_lost=True)
             return
         self._reporter.succeeded()
+
+    def _gap_note(self, record: logging.LogRecord) -> bytes:
+        """A WARN line saying how many lines are missing just before this one, and why."""
+        note = logging.LogRecord(__name__, logging.WARNING, __file__, 0,
+                                 "%s: %d log lines were dropped (%s)",
+                                 (self._reporter.subject, self._reporter.dropped,
+                                  self._reporter.condition), None)
+        note.created = record.created
+        try:
+            return (self.format(note) + "\n").encode("utf-8", "backslashreplace")
+        except Exception:
+            return b""
 
     def _path_moved(self) -> bool:
         now = self._monotonic()
@@ -260,7 +278,7 @@ class SyslogHandler(QuietHandler):
 
     def _drop(self, condition: str) -> None:
         self.dropped_total += 1
-        self._reporter.failed(condition)
+        self._reporter.failed(condition, line_lost=True)
 
     def _close_sock(self) -> None:
         sock, self.sock = self.sock, None
