@@ -286,3 +286,23 @@ def test_explicit_reopen(logger, tmp_path) -> None:
     logger.error("two")
     assert messages(path) == ["two"]
     assert messages(tmp_path / "master.log.1") == ["one"]
+
+
+def test_no_fd_leak_across_failures_and_reopens(no_fd_leak, logger, tmp_path) -> None:
+    clock = FakeClock()
+    path = tmp_path / "master.log"
+    handler = clocked_handler(logger, path, clock)
+    for n in range(3):
+        logger.info("line %d", n)
+        path.rename(tmp_path / f"master.log.{n}")
+        clock.now += 1
+        handler.reopen()
+    path.unlink()
+    path.mkdir()
+    handler.reopen()
+    logger.info("lost")
+    path.rmdir()
+    logger.info("back")
+    logger.removeHandler(handler)
+    handler.close()
+    assert handler.fd == -1

@@ -137,3 +137,11 @@ def test_missing_syslog_daemon_reported_once_then_reconnects(logger, tmp_path,
         assert receive(sock)[3] == "delivered"
     logger.error("gone again")  # ECONNREFUSED: the socket file is there, nobody reads
     assert "cannot send: ECONNREFUSED" in capsys.readouterr().err
+
+
+def test_close_releases_the_socket(no_fd_leak, logger, syslogd) -> None:
+    target = syslog_target(logger, syslogd.getsockname())
+    logger.error("x")
+    assert receive(syslogd)[3] == "x"
+    target.close()
+    assert target.syslog_handler is None and logger.handlers == []
