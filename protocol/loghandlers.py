@@ -22,6 +22,7 @@ Imports nothing of ours.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -151,7 +152,7 @@ class ReopeningFileHandler(QuietHandler):
             self._close_fd()
         if self.fd < 0 and not self._open(line_lost=True):
             return
-        if self._reporter.condition is not None:
+        if self._reporter.condition is not None and self._reporter.dropped:
             data = self._gap_note(record) + data
         try:
             _write_all(self.fd, data)
@@ -190,7 +191,8 @@ class ReopeningFileHandler(QuietHandler):
     def _close_fd(self) -> None:
         fd, self.fd = self.fd, -1
         if fd >= 0:
-            os.close(fd)
+            with contextlib.suppress(OSError):  # EIO on close: the fd is gone all the same
+                os.close(fd)
 
 
 def _write_all(fd: int, data: bytes) -> None:

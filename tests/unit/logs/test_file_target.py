@@ -306,3 +306,13 @@ def test_no_fd_leak_across_failures_and_reopens(no_fd_leak, logger, tmp_path) ->
     logger.removeHandler(handler)
     handler.close()
     assert handler.fd == -1
+
+
+def test_no_gap_note_when_nothing_was_lost(logger, tmp_path, capsys) -> None:
+    path = tmp_path / "master.log"
+    path.mkdir()
+    file_target(logger, path)            # fails at setup, before any line
+    path.rmdir()
+    logger.error("first")
+    assert messages(path) == ["first"]
+    assert "writable again (0 log lines were dropped)" in capsys.readouterr().err
