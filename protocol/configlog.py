@@ -11,7 +11,7 @@ Rules:
 - Write errors are logged (`Error writing config log: ...`) and returned, never raised
   (T-28): the config log must not stop a tree from starting its services.
 - `config-log-dir: null` means the caller never calls this.
-- Files are created mode 0640 (before umask), opened O_APPEND and closed after each
+- Files are created mode 0644 (before umask), opened O_APPEND and closed after each
   line, so an outside rotation (copytruncate or rename) is always safe.
 Imports only protocol.loghandlers of ours.
 """

@@ -9,7 +9,7 @@ Rules:
 - A problem is reported on stderr ONCE per change of condition ("cannot open: EISDIR",
   then "writable again"), never once per line. Records that cannot be written are
   dropped and counted; the first line written after a gap is a WARN line with that count.
-- The file is opened O_WRONLY|O_APPEND|O_CREAT|O_CLOEXEC, mode 0640 (before umask).
+- The file is opened O_WRONLY|O_APPEND|O_CREAT|O_CLOEXEC, mode 0644 (before umask).
   After any failure the next record tries to open it again. It is also reopened when
   the path no longer names the open file (moved or deleted): the path's st_dev/st_ino
   are compared with the fd's at most once per `check_interval_s` (monotonic clock,
@@ -32,7 +32,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-FILE_MODE = 0o640
+# The original created its logs 0666 & ~umask (0644 with the usual umask); operators'
+# `tail` as a non-root user keeps working. To restrict, restrict the directory (0750).
+FILE_MODE = 0o644
 _OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
 
 

@@ -8,7 +8,7 @@ write byte-identical lines:
     2026-11-28T11:05:00Z: ----- Process "web/django.0" exited with code 1, uptime 300s -----
 
 Rules:
-- Opened O_WRONLY|O_CREAT|O_APPEND|O_CLOEXEC, mode 0640 (before umask): the services
+- Opened O_WRONLY|O_CREAT|O_APPEND|O_CLOEXEC, mode 0644 (before umask): the services
   hold it as fds 1 and 2, lithos never reads or rotates it. It is opened again at each
   process start, so logrotate's copytruncate works, and so does a rename followed by a
   restart of the processes.

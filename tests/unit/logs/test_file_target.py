@@ -67,7 +67,7 @@ def test_level_filters_records(logger, tmp_path) -> None:
     assert messages(path) == ["shown"]
 
 
-def test_file_is_append_only_and_0640(logger, tmp_path) -> None:
+def test_file_is_append_only_and_0644(logger, tmp_path) -> None:
     path = tmp_path / "master.log"
     old = os.umask(0)
     try:
@@ -75,7 +75,7 @@ def test_file_is_append_only_and_0640(logger, tmp_path) -> None:
     finally:
         os.umask(old)
     logger.warning("x")
-    assert path.stat().st_mode & 0o777 == 0o640
+    assert path.stat().st_mode & 0o777 == 0o644
     import fcntl
     fd = target.file_handler.fd
     assert fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_APPEND

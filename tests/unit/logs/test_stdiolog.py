@@ -110,7 +110,7 @@ def test_status_text_of_real_wait_statuses() -> None:
     assert status_text_of(status) == "killed by signal SIGTERM[15]"
 
 
-def test_open_stdio_log_appends_cloexec_0640(tmp_path: Path, no_fd_leak) -> None:
+def test_open_stdio_log_appends_cloexec_0644(tmp_path: Path, no_fd_leak) -> None:
     old = os.umask(0)
     try:
         fd = open_stdio_log(tmp_path, "web")
@@ -118,7 +118,7 @@ def test_open_stdio_log_appends_cloexec_0640(tmp_path: Path, no_fd_leak) -> None
         os.umask(old)
     try:
         path = tmp_path / "web.log"
-        assert path.stat().st_mode & 0o777 == 0o640
+        assert path.stat().st_mode & 0o777 == 0o644
         flags = fcntl.fcntl(fd, fcntl.F_GETFL)
         assert flags & os.O_APPEND and flags & os.O_ACCMODE == os.O_WRONLY
         assert not os.get_inheritable(fd)
