@@ -186,21 +186,64 @@ def test_full_disk_reported_once_then_recovers(logger, tmp_path, capsys) -> None
     assert "writable again (10 log lines were dropped)" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through chmod")
-def test_unwritable_dir_as_non_root(logger, tmp_path, capsys) -> None:
-    logdir = tmp_path / "log"
+def _unwritable_dir_scenario(base: Path) -> dict[str, object]:
+    """Log into a mode-0500 dir, make it writable, log again; what stderr and file saw."""
+    import io
+    import sys
+    logdir = base / "log"
     logdir.mkdir(mode=0o500)
     path = logdir / "master.log"
+    err = io.StringIO()
+    sys.stderr, saved = err, sys.stderr
+    lg = logging.getLogger("lithos_test.unwritable")
+    lg.propagate = False
     try:
-        file_target(logger, path)
-        logger.error("lost")
-        logger.error("lost")
-        assert len(reports(capsys.readouterr().err)) == 1
+        target = file_target(lg, path)
+        lg.error("lost")
+        lg.error("lost")
         logdir.chmod(0o700)
-        logger.error("kept")
-        assert messages(path)[1:] == ["kept"]
+        lg.error("kept")
+        target.close()
     finally:
-        logdir.chmod(0o700)
+        sys.stderr = saved
+    return {"reports": reports(err.getvalue()), "messages": messages(path)}
+
+
+def test_unwritable_dir_reported_once_then_recovers() -> None:
+    # chmod does not stop root: as root, run the scenario in a child that is nobody, in a
+    # directory nobody can reach (pytest's tmp_path is under a 0700 directory).
+    import json
+    import tempfile
+    import traceback
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp)
+        base.chmod(0o777)
+        if os.geteuid() != 0:
+            result = _unwritable_dir_scenario(base)
+        else:
+            read_end, write_end = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # child: never return into pytest
+                try:
+                    os.close(read_end)
+                    os.setgid(65534)
+                    os.setuid(65534)
+                    reply = json.dumps(_unwritable_dir_scenario(base))
+                except BaseException:
+                    reply = json.dumps({"error": traceback.format_exc()})
+                finally:
+                    os.write(write_end, reply.encode())
+                    os._exit(0)
+            os.close(write_end)
+            with os.fdopen(read_end, "rb") as pipe:
+                data = pipe.read()
+            os.waitpid(pid, 0)
+            result = json.loads(data)
+    assert "error" not in result, result.get("error")
+    assert len(result["reports"]) == 2
+    assert "cannot open: EACCES (Permission denied)" in result["reports"][0]
+    assert "writable again (2 log lines were dropped)" in result["reports"][1]
+    assert result["messages"][1:] == ["kept"]
 
 
 class FakeClock:
