@@ -85,7 +85,6 @@ def _child(argv: list[str], fds: Mapping[int, int], parent_pidfd: int) -> None:
         if select.select([parent_pidfd], [], [], 0)[0]:
             os._exit(EXIT_SETUP_FAILED)
         linux.unshare(linux.CLONE_NEWNS | linux.CLONE_NEWUTS | linux.CLONE_NEWIPC)
-        signal.pthread_sigmask(signal.SIG_BLOCK, _BLOCKED)
         _place_fds(fds)
         os.chdir(_PACKAGE_PARENT)
         os.execve(sys.executable, argv, {"TERM": os.environ.get("TERM", "dumb")})
@@ -121,6 +120,9 @@ def spawn_knot(spec: KnotSpec, *, inherited_fds: Mapping[int, int], stdin: int, 
         argv = knot_argv(spec.name, spec_no, log_no)
         pidfd = os.pidfd_open(os.getpid())
         own_pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+        # Blocked across the fork too: a SIGTERM between fork and exec would be
+        # dropped, the child being a namespace init with SIG_DFL (K-40).
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _BLOCKED)
         linux.unshare(linux.CLONE_NEWPID)
         try:
             pid = os.fork()
@@ -129,6 +131,7 @@ def spawn_knot(spec: KnotSpec, *, inherited_fds: Mapping[int, int], stdin: int, 
         finally:
             # Children we fork later (and the broker's other work) stay in our namespace.
             linux.setns(own_pidns, linux.CLONE_NEWPID)
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         return pid
     finally:
         for fd in (spec_fd, own_pidns, pidfd):
