@@ -158,10 +158,17 @@ class Env:
         return knot.wait(timeout_s), knot
 
 
-def _mountinfo() -> list[str]:
-    # Drop the mount ids so that the comparison is about what is mounted where.
-    return sorted(" ".join(line.split()[3:]) for line in
-                  Path("/proc/self/mountinfo").read_text().splitlines())
+def _mountinfo(under: Path) -> list[str]:
+    """Host mounts whose mount point or source path is under `under`, without mount ids.
+
+    Only our own paths: other suites may mount things on this host meanwhile.
+    """
+    lines = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        if any(str(under) in f for f in fields[3:5]):
+            lines.append(" ".join(fields[3:]))
+    return sorted(lines)
 
 
 @pytest.fixture(scope="session")
@@ -173,8 +180,9 @@ def devfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 @pytest.fixture
-def env(tmp_path: Path, devfs: Path) -> Iterator[Env]:
-    before = _mountinfo()
+def env(tmp_path: Path, devfs: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    base = tmp_path_factory.getbasetemp()
+    before = _mountinfo(base)
     image = build_image(tmp_path / "image")
     (tmp_path / "mnt").mkdir()
     (tmp_path / "state").mkdir()
@@ -197,4 +205,4 @@ def env(tmp_path: Path, devfs: Path) -> Iterator[Env]:
         for knot in e.started:
             shutil.rmtree(knot.spec.state_dir, ignore_errors=True)
         shutil.rmtree(tmp_path, ignore_errors=True)
-        assert _mountinfo() == before, "a knot test left a mount on the host"
+        assert _mountinfo(base) == before, "a knot test left a mount on the host"
