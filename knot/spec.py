@@ -346,7 +346,7 @@ def _spec(raw: object, where: str) -> KnotSpec:
         restart_timeout_s=_seconds(d["restart_timeout_s"], f"{where}.restart_timeout_s"),
         restart_process_only=_bool(d["restart_process_only"], f"{where}.restart_process_only"),
         normal_exit_codes=_each(d["normal_exit_codes"], f"{where}.normal_exit_codes",
-                                lambda v, w: _int(v, w, -255, 255)),
+                                lambda v, w: _int(v, w, 0, 255)),
     )
 
 
