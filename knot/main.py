@@ -98,7 +98,10 @@ def read_spec(name: str, spec_fd: int) -> KnotSpec:
 def decrypt_secrets(spec: KnotSpec) -> dict[str, str]:
     """K-21, K-24..K-26, through protocol.secrets (imported here: only knots with secrets pay)."""
     assert spec.secrets is not None
-    from protocol import secrets as lithos_secrets
+    import importlib
+
+    # Imported by name: protocol.secrets may not exist yet where this is type-checked.
+    lithos_secrets = importlib.import_module("protocol.secrets")
 
     conf = spec.secrets
     try:

@@ -166,7 +166,7 @@ def start_service(spec: KnotSpec, environ: Mapping[str, str], out_fd: int | None
 
 def _reap() -> list[tuple[int, int]]:
     """Every zombie, as pid 1 must (orphans of the container are ours)."""
-    dead = []
+    dead: list[tuple[int, int]] = []
     while True:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)

@@ -148,6 +148,11 @@ class KnotSpec:
         return _spec(raw, "knot spec")
 
 
+def mount_order(volumes: dict[str, Volume]) -> tuple[Volume, ...]:
+    """V-1: shortest mount point first; ties in lexicographic order (for the resolver)."""
+    return tuple(volumes[target] for target in sorted(volumes, key=lambda t: (len(t), t)))
+
+
 def _enum_value(obj: object) -> object:
     if isinstance(obj, enum.Enum):
         return obj.value

@@ -240,3 +240,10 @@ def test_user_namespace_maps(env):
 def test_command_kind_exit_0_is_normal(env):
     code, _ = env.run(env.spec("exit 0", kind=Kind.COMMAND))
     assert code == 0                                                    # K-42 rule 4
+
+
+def test_interactive_keeps_the_knots_stdout_and_stderr(env):
+    code, knot = env.run(env.spec("echo to-out; echo to-err >&2", interactive=True))
+    assert code == 2
+    assert knot.stderr_text() == "to-out\nto-err\n"  # the knot's stdout/stderr (one file here)
+    assert "to-out" not in knot.log_text().split("-----\n", 1)[1]

@@ -20,6 +20,7 @@ from knot.spec import (
     SpecError,
     Volume,
     VolumeKind,
+    mount_order,
 )
 
 SPEC = KnotSpec(
@@ -125,3 +126,8 @@ def test_describe():
     assert describe(1 << 8) == "exited with code 1"
     assert describe(9) == "killed by signal SIGKILL"
     assert describe(11 | 0x80) == "killed by signal SIGSEGV (core dumped)"
+
+
+def test_mount_order_is_v1():
+    vols = {t: Volume(VolumeKind.TMPFS, t, None) for t in ("/var/b", "/var", "/tmp", "/var/a")}
+    assert [v.target for v in mount_order(vols)] == ["/tmp", "/var", "/var/a", "/var/b"]
