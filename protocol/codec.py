@@ -246,8 +246,10 @@ def encode(
     cls = type(message)
     if REGISTRY.get(cls.__name__) is not cls:
         raise TypeError(f"{cls.__name__} is not a registered message type")
-    if type(request_id) is not int or (why := _check_request_id(cls.KIND, request_id)):
-        raise ValueError(f"{cls.__name__}: bad {why or 'request id'}")
+    if type(request_id) is not int:
+        raise TypeError(f"{cls.__name__}: request id {request_id!r} is not an int")
+    if why := _check_request_id(cls.KIND, request_id):
+        raise ValueError(f"{cls.__name__}: bad {why}")
     body = _BODY[cls][0](message)
     data: bytes = msgpack.packb([cls.__name__, request_id, body], use_bin_type=True)
     limit = max_bytes if cls.LARGE else min(max_bytes, DEFAULT_MAX_MESSAGE_BYTES)
@@ -307,8 +309,10 @@ class Decoder:
         limit = self.max_large_message_bytes if cls.LARGE else self.max_message_bytes
         if size > limit:
             raise ProtocolViolation(f"{tag}: datagram of {size} bytes exceeds {limit}")
-        if type(request_id) is not int or (why := _check_request_id(cls.KIND, request_id)):
-            raise ProtocolViolation(f"{tag}: bad {why or 'request id ' + _kind(request_id)}")
+        if type(request_id) is not int:
+            raise ProtocolViolation(f"{tag}: request id is a {_kind(request_id)}, not an int")
+        if why := _check_request_id(cls.KIND, request_id):
+            raise ProtocolViolation(f"{tag}: bad {why}")
         if len(fds) != cls.FDS:
             raise ProtocolViolation(f"{tag}: came with {len(fds)} fds, takes {cls.FDS}")
         message: Message = _BODY[cls][1](body)

@@ -21,3 +21,7 @@ class Denied(Exception):
         super().__init__(f"{code.value}: {reason}")
         self.code = code
         self.reason = reason
+
+
+class ChannelClosed(Exception):
+    """The peer closed its end of the channel (an empty datagram reads the same)."""
