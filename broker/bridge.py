@@ -37,8 +37,15 @@ from broker.netcheck import (
 )
 
 __all__ = [
-    "NetworkError", "NetworkHandle", "Netns", "check_addresses", "remove_veth",
-    "setup_container_network", "setup_isolated", "teardown", "veth_names",
+    "NetworkError",
+    "NetworkHandle",
+    "Netns",
+    "check_addresses",
+    "remove_veth",
+    "setup_container_network",
+    "setup_isolated",
+    "teardown",
+    "veth_names",
 ]
 
 log = logging.getLogger(__name__)
@@ -97,8 +104,9 @@ def _rtnl(netns_fd: int | None) -> Iterator[IPRoute]:
         ipr = IPRoute() if netns_fd is None else IPRoute(netns=netns_fd, flags=0)
     except (OSError, NetlinkError) as exc:
         where = "our" if netns_fd is None else f"fd {netns_fd}'s"
-        raise NetworkError(f"bridge: opening rtnetlink in {where} network namespace: "
-                           f"{_errname(exc)}") from exc
+        raise NetworkError(
+            f"bridge: opening rtnetlink in {where} network namespace: {_errname(exc)}"
+        ) from exc
     try:
         yield ipr
     finally:
@@ -113,19 +121,25 @@ def _index(ipr: IPRoute, ifname: str) -> int | None:
 def _check_bridge(ipr: IPRoute, bridge: str) -> int:
     try:
         index = _index(ipr, bridge)
-        kind = None if index is None else ipr.get_links(index)[0].get_nested(
-            "IFLA_LINKINFO", "IFLA_INFO_KIND")
+        kind = (
+            None
+            if index is None
+            else ipr.get_links(index)[0].get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND")
+        )
     except NetlinkError as exc:
-        raise NetworkError(f'bridged-network.bridge: "{bridge}": looking it up: '
-                           f"{_errname(exc)}") from exc
+        raise NetworkError(
+            f'bridged-network.bridge: "{bridge}": looking it up: {_errname(exc)}'
+        ) from exc
     if index is None:
         raise NetworkError(
             f'bridged-network.bridge: "{bridge}" does not exist in the host network '
             f"namespace (the operator creates the bridge, e.g. "
-            f'"ip link add {bridge} type bridge"; see docs/networking.md)')
+            f'"ip link add {bridge} type bridge"; see docs/networking.md)'
+        )
     if kind != "bridge":
-        raise NetworkError(f'bridged-network.bridge: "{bridge}" is a {kind or "plain"} '
-                           f"interface, not a bridge")
+        raise NetworkError(
+            f'bridged-network.bridge: "{bridge}" is a {kind or "plain"} interface, not a bridge'
+        )
     return index
 
 
@@ -136,8 +150,10 @@ def _delete_link(ipr: IPRoute, ifname: str) -> bool:
         return False
     kind = ipr.get_links(index)[0].get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND")
     if kind != "veth":  # a root daemon never deletes an interface it did not make
-        raise NetworkError(f'bridge: "{ifname}" is a {kind or "plain"} interface, not a '
-                           f"veth; refusing to delete it (rename or remove it by hand)")
+        raise NetworkError(
+            f'bridge: "{ifname}" is a {kind or "plain"} interface, not a '
+            f"veth; refusing to delete it (rename or remove it by hand)"
+        )
     try:
         ipr.link("del", index=index)
     except NetlinkError as exc:
@@ -161,8 +177,12 @@ def remove_veth(name: str, host_netns: Netns | None = None) -> bool:
 def teardown(handle: NetworkHandle) -> None:
     """Remove the veth pair of a container; idempotent."""
     if remove_veth(handle.host_ifname, handle.host_netns):
-        log.info("%s: veth %s removed (container address %s)", handle.bridge,
-                 handle.host_ifname, handle.address)
+        log.info(
+            "%s: veth %s removed (container address %s)",
+            handle.bridge,
+            handle.host_ifname,
+            handle.address,
+        )
 
 
 def setup_isolated(netns: Netns) -> None:
@@ -172,8 +192,10 @@ def setup_isolated(netns: Netns) -> None:
             with _rtnl(fd) as ipr:
                 ipr.link("set", index=_index(ipr, "lo"), state="up")
         except (OSError, NetlinkError) as exc:
-            raise NetworkError(f"ip-addresses: []: setting lo up in the container "
-                               f"network namespace: {_errname(exc)}") from exc
+            raise NetworkError(
+                f"ip-addresses: []: setting lo up in the container "
+                f"network namespace: {_errname(exc)}"
+            ) from exc
 
 
 def setup_container_network(
@@ -194,14 +216,20 @@ def setup_container_network(
         NetworkError: naming the key and value; nothing created is left behind.
     """
     if after_setup_command and not after_setup_command[0].startswith("/"):
-        raise NetworkError(f"bridged-network.after-setup-command: {list(after_setup_command)} "
-                           f'must start with an absolute path, not "{after_setup_command[0]}"')
+        raise NetworkError(
+            f"bridged-network.after-setup-command: {list(after_setup_command)} "
+            f'must start with an absolute path, not "{after_setup_command[0]}"'
+        )
     if not 0 < prefixlen <= address.max_prefixlen:
-        raise NetworkError(f"bridged-network.network: prefix length {prefixlen} is not in "
-                           f"1..{address.max_prefixlen} (for ip-addresses {address})")
+        raise NetworkError(
+            f"bridged-network.network: prefix length {prefixlen} is not in "
+            f"1..{address.max_prefixlen} (for ip-addresses {address})"
+        )
     if gateway is not None and gateway.version != address.version:
-        raise NetworkError(f"bridged-network.default-gateway: {gateway} is not an "
-                           f"IPv{address.version} address like ip-addresses {address}")
+        raise NetworkError(
+            f"bridged-network.default-gateway: {gateway} is not an "
+            f"IPv{address.version} address like ip-addresses {address}"
+        )
     host, guest = veth_names(bridge, address)
     handle = NetworkHandle(host, guest, bridge, address, host_netns)
     with contextlib.ExitStack() as stack:
@@ -215,13 +243,15 @@ def setup_container_network(
                 with _rtnl(container_fd) as guest_ipr:
                     _configure_guest(guest_ipr, handle, prefixlen, gateway)
                 if after_setup_command:
-                    _run_after_setup(after_setup_command, address, container_fd,
-                                     after_setup_timeout_s)
+                    _run_after_setup(
+                        after_setup_command, address, container_fd, after_setup_timeout_s
+                    )
             except BaseException:
                 _cleanup(ipr, host)  # deleting the host end deletes the pair
                 raise
-    log.info("%s: veth %s attached, container end %s has %s/%d", bridge, host, guest,
-             address, prefixlen)
+    log.info(
+        "%s: veth %s attached, container end %s has %s/%d", bridge, host, guest, address, prefixlen
+    )
     return handle
 
 
@@ -238,16 +268,21 @@ def _create_pair(ipr: IPRoute, handle: NetworkHandle, container_fd: int) -> None
         # Same name as last run: the host end of a container that died with its
         # netns still referenced (v0.19 "delete the host-side veth first").
         if _delete_link(ipr, host):
-            log.warning('%s: removed stale veth "%s" of a previous run (ip-addresses %s)',
-                        handle.bridge, host, handle.address)
+            log.warning(
+                '%s: removed stale veth "%s" of a previous run (ip-addresses %s)',
+                handle.bridge,
+                host,
+                handle.address,
+            )
         # The peer is created directly inside the container netns, so the guest
         # end never appears in the host netns even for a moment.
-        ipr.link("add", ifname=host, kind="veth",
-                 peer={"ifname": guest, "net_ns_fd": container_fd})
+        ipr.link("add", ifname=host, kind="veth", peer={"ifname": guest, "net_ns_fd": container_fd})
     except NetlinkError as exc:
         hint = " (stale interface from a previous run?)" if exc.code == errno.EEXIST else ""
-        raise NetworkError(f'ip-addresses: {handle.address}: creating veth "{host}"/"{guest}"'
-                           f": {_errname(exc)}{hint}") from exc
+        raise NetworkError(
+            f'ip-addresses: {handle.address}: creating veth "{host}"/"{guest}"'
+            f": {_errname(exc)}{hint}"
+        ) from exc
 
 
 def _attach(ipr: IPRoute, handle: NetworkHandle, bridge_index: int) -> None:
@@ -256,12 +291,15 @@ def _attach(ipr: IPRoute, handle: NetworkHandle, bridge_index: int) -> None:
         ipr.link("set", index=index, master=bridge_index)
         ipr.link("set", index=index, state="up")
     except NetlinkError as exc:
-        raise NetworkError(f'bridged-network.bridge: "{handle.bridge}": adding veth '
-                           f'"{handle.host_ifname}" to the bridge: {_errname(exc)}') from exc
+        raise NetworkError(
+            f'bridged-network.bridge: "{handle.bridge}": adding veth '
+            f'"{handle.host_ifname}" to the bridge: {_errname(exc)}'
+        ) from exc
 
 
-def _configure_guest(ipr: IPRoute, handle: NetworkHandle, prefixlen: int,
-                     gateway: IpAddress | None) -> None:
+def _configure_guest(
+    ipr: IPRoute, handle: NetworkHandle, prefixlen: int, gateway: IpAddress | None
+) -> None:
     address, guest = handle.address, handle.guest_ifname
     step = "setting lo up"
     try:
@@ -272,18 +310,24 @@ def _configure_guest(ipr: IPRoute, handle: NetworkHandle, prefixlen: int,
         step = f"setting {guest} up"
         ipr.link("set", index=index, state="up")
     except NetlinkError as exc:
-        raise NetworkError(f"ip-addresses: {address}: {step} in the container network "
-                           f"namespace: {_errname(exc)}") from exc
+        raise NetworkError(
+            f"ip-addresses: {address}: {step} in the container network namespace: {_errname(exc)}"
+        ) from exc
     if gateway is None:
         return
     family = socket.AF_INET if gateway.version == 4 else socket.AF_INET6
     try:
         ipr.route("add", family=family, dst="default", gateway=str(gateway))
     except NetlinkError as exc:
-        hint = (f" (the gateway must be inside {address}/{prefixlen})"
-                if exc.code == errno.ENETUNREACH else "")
-        raise NetworkError(f"bridged-network.default-gateway: {gateway}: adding the default "
-                           f"route in the container: {_errname(exc)}{hint}") from exc
+        hint = (
+            f" (the gateway must be inside {address}/{prefixlen})"
+            if exc.code == errno.ENETUNREACH
+            else ""
+        )
+        raise NetworkError(
+            f"bridged-network.default-gateway: {gateway}: adding the default "
+            f"route in the container: {_errname(exc)}{hint}"
+        ) from exc
 
 
 def _enter_netns(fd: int) -> None:
@@ -295,16 +339,22 @@ def _enter_netns(fd: int) -> None:
         raise OSError(err, os.strerror(err))
 
 
-def _run_after_setup(argv: Sequence[str], address: IpAddress, container_fd: int,
-                     timeout_s: float) -> None:
+def _run_after_setup(
+    argv: Sequence[str], address: IpAddress, container_fd: int, timeout_s: float
+) -> None:
     command, unknown = substitute_after_setup(argv, address)
     for message in unknown:
         log.error("%s", message)
     key = f"bridged-network.after-setup-command: {command}"
     env = {"TERM": os.environ.get("TERM", "dumb"), "PATH": HELPER_PATH}
     try:
-        proc = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, cwd="/",
-                                preexec_fn=lambda: _enter_netns(container_fd))
+        proc = subprocess.Popen(
+            command,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            cwd="/",
+            preexec_fn=lambda: _enter_netns(container_fd),
+        )
     except OSError as exc:
         raise NetworkError(f"{key}: cannot run: {_errname(exc)}") from exc
     except subprocess.SubprocessError as exc:  # setns in the child failed

@@ -32,8 +32,9 @@ def veth_names(bridge: str, address: IpAddress) -> tuple[str, str]:
     is how a stale host end from a previous run is found and removed.
     """
     # serde_json's compact form: no spaces, fields in declaration order, UTF-8 as is.
-    key = json.dumps({"bridge": bridge, "ip": str(address)}, separators=(",", ":"),
-                     ensure_ascii=False)
+    key = json.dumps(
+        {"bridge": bridge, "ip": str(address)}, separators=(",", ":"), ensure_ascii=False
+    )
     digest = hashlib.blake2b(key.encode("utf-8"), digest_size=64).hexdigest()
     packed = address.packed
     host = f"li_{digest[:6]}_{packed[-2]:02x}{packed[-1]:02x}"
@@ -41,8 +42,9 @@ def veth_names(bridge: str, address: IpAddress) -> tuple[str, str]:
     return host, host.replace("_", "-")
 
 
-def check_addresses(network: IpNetwork, addresses: Sequence[IpAddress],
-                    instances: int) -> list[str]:
+def check_addresses(
+    network: IpNetwork, addresses: Sequence[IpAddress], instances: int
+) -> list[str]:
     """Every problem of `ip-addresses` for a bridged process, one message each (K-35).
 
     An empty list is reported too (lithos_check: "no IP address specified"); a
@@ -53,33 +55,40 @@ def check_addresses(network: IpNetwork, addresses: Sequence[IpAddress],
         if instances > 0:
             problems.append(
                 f"ip-addresses: [] is empty but instances: {instances} (each instance i "
-                f"gets ip-addresses[i]; without one it has only lo and no network)")
+                f"gets ip-addresses[i]; without one it has only lo and no network)"
+            )
         return problems
     seen: set[IpAddress] = set()
     for address in addresses:
         if address not in network:
-            problems.append(
-                f"ip-addresses: {address} is outside bridged-network.network {network}")
-        elif address in (network.network_address, network.broadcast_address) \
-                and network.num_addresses > 2:
+            problems.append(f"ip-addresses: {address} is outside bridged-network.network {network}")
+        elif (
+            address in (network.network_address, network.broadcast_address)
+            and network.num_addresses > 2
+        ):
             problems.append(
                 f"ip-addresses: {address} is the network or broadcast address of "
-                f"bridged-network.network {network}")
+                f"bridged-network.network {network}"
+            )
         if address in seen:
-            problems.append(f"ip-addresses: {address} is listed twice "
-                            f"(two instances cannot share an address)")
+            problems.append(
+                f"ip-addresses: {address} is listed twice (two instances cannot share an address)"
+            )
         seen.add(address)
     if len(addresses) < instances:
         listed = "[" + ", ".join(str(a) for a in addresses) + "]"
         missing = instances - len(addresses)
         problems.append(
             f"ip-addresses: {listed} has {len(addresses)} address(es) for instances: "
-            f"{instances} (instance i gets ip-addresses[i]; add {missing} more)")
+            f"{instances} (instance i gets ip-addresses[i]; add {missing} more)"
+        )
     return problems
 
 
-def substitute_after_setup(argv: Sequence[str], container_ip: IpAddress,
-                           ) -> tuple[list[str], list[str]]:
+def substitute_after_setup(
+    argv: Sequence[str],
+    container_ip: IpAddress,
+) -> tuple[list[str], list[str]]:
     """`after-setup-command` with `@{container_ip}` filled in, and the unknown variables.
 
     As in Lithos (K-32): argv[0] is never substituted; an unknown `@{x}` becomes
@@ -93,9 +102,12 @@ def substitute_after_setup(argv: Sequence[str], container_ip: IpAddress,
         unknown.append(match.group(1))
         return ""
 
-    result = list(argv[:1]) + [VARIABLE_RE.sub(replace, arg) if "@" in arg else arg
-                               for arg in argv[1:]]
-    errors = [f'bridged-network.after-setup-command: no variable "{name}" '
-              f"(only @{{container_ip}} is known); using an empty string"
-              for name in unknown]
+    result = list(argv[:1]) + [
+        VARIABLE_RE.sub(replace, arg) if "@" in arg else arg for arg in argv[1:]
+    ]
+    errors = [
+        f'bridged-network.after-setup-command: no variable "{name}" '
+        f"(only @{{container_ip}} is known); using an empty string"
+        for name in unknown
+    ]
     return result, errors

@@ -78,12 +78,13 @@ def _place_fds(targets: Mapping[int, int]) -> None:
     os.closerange(low, os.sysconf("SC_OPEN_MAX"))
 
 
-def _child(argv: list[str], fds: Mapping[int, int], parent_pidfd: int) -> None:
+def _child(argv: list[str], fds: Mapping[int, int], parent_pidfd: int, pdeathsig: bool) -> None:
     try:
-        linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
-        # The parent may have died before prctl: then nobody would kill us.
-        if select.select([parent_pidfd], [], [], 0)[0]:
-            os._exit(EXIT_SETUP_FAILED)
+        if pdeathsig:
+            linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
+            # The parent may have died before prctl: then nobody would kill us.
+            if select.select([parent_pidfd], [], [], 0)[0]:
+                os._exit(EXIT_SETUP_FAILED)
         linux.unshare(linux.CLONE_NEWNS | linux.CLONE_NEWUTS | linux.CLONE_NEWIPC)
         _place_fds(fds)
         os.chdir(_PACKAGE_PARENT)
@@ -96,13 +97,16 @@ def _child(argv: list[str], fds: Mapping[int, int], parent_pidfd: int) -> None:
 
 
 def spawn_knot(spec: KnotSpec, *, inherited_fds: Mapping[int, int], stdin: int, stdout: int,
-               stderr: int, stdio_log: int | None = None) -> int:
+               stderr: int, stdio_log: int | None = None, pdeathsig: bool = True) -> int:
     """Forks and execs the knot for `spec`; returns its pid as the caller sees it.
 
     inherited_fds maps the fd number the service must see (spec.tcp_fds) to the
     caller's fd; the knot gets each at that number (fd 0 replaces stdin). stdin,
     stdout and stderr become the knot's 0, 1, 2 (its own errors go to 2);
     stdio_log is where the service's output and the start/death lines go.
+    pdeathsig=False is for lithos_tree: its containers must outlive a broker that
+    is killed (it finds them again from its records); lithos_cmd keeps the
+    original's SIGKILL on parent death (T-52).
     Raises: ValueError if inherited_fds does not match spec.tcp_fds; OSError.
     """
     if sorted(inherited_fds) != sorted(spec.tcp_fds):
@@ -127,7 +131,7 @@ def spawn_knot(spec: KnotSpec, *, inherited_fds: Mapping[int, int], stdin: int, 
         try:
             pid = os.fork()
             if pid == 0:
-                _child(argv, fds, pidfd)
+                _child(argv, fds, pidfd, pdeathsig)
         finally:
             # Children we fork later (and the broker's other work) stay in our namespace.
             linux.setns(own_pidns, linux.CLONE_NEWPID)
