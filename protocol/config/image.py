@@ -35,7 +35,6 @@ class _OpenHow(ctypes.Structure):
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
-_openat2_state: list[bool] = []    # [] unknown, [True] works, [False] ENOSYS
 
 
 def _openat2(dirfd: int, path: str, flags: int) -> int:
@@ -99,17 +98,12 @@ def _walk_in_root(rootfd: int, path: str, flags: int) -> int:
 
 
 def _open_in_root(rootfd: int, path: str, flags: int) -> int:
-    if not _openat2_state or _openat2_state[0]:
-        try:
-            fd = _openat2(rootfd, path, flags)
-        except OSError as e:
-            if e.errno not in (errno.ENOSYS, errno.EPERM) or _openat2_state:
-                raise
-            _openat2_state.append(False)   # seccomp may answer EPERM: use the walk
-        else:
-            if not _openat2_state:
-                _openat2_state.append(True)
-            return fd
+    try:
+        return _openat2(rootfd, path, flags)
+    except OSError as e:
+        # ENOSYS: kernel < 5.6; EPERM: a seccomp filter that does not know openat2.
+        if e.errno not in (errno.ENOSYS, errno.EPERM):
+            raise
     return _walk_in_root(rootfd, path, flags)
 
 
