@@ -21,7 +21,7 @@ from .container import (
 )
 from .errors import ConfigError, Problem
 from .idranges import IdRanges
-from .image import read_in_image
+from .image import image_file_name, load_container_in_image, read_in_image
 from .instantiate import (
     BUILTIN_VARIABLES,
     InstantiatedContainer,
@@ -62,9 +62,9 @@ __all__ = [
     "MasterConfig", "Metadata", "NameVar", "Persistent", "Problem", "ProcessConfig",
     "Readonly", "ResolvConf", "SandboxConfig", "Statedir", "TcpPortConfig", "TcpPortVar",
     "Tmpfs", "Variable", "Volume", "check_container", "check_ids", "check_process",
-    "image_path",
-    "instance_fingerprint", "instantiate", "list_sandboxes", "load_container", "load_master",
-    "load_processes", "load_sandbox", "map_dir", "parse_container", "parse_humannum",
-    "parse_master", "parse_processes", "parse_sandbox", "process_config_log_json",
-    "process_config_path", "read_in_image", "references", "sandbox_log_path", "substitute",
+    "image_file_name", "image_path", "instance_fingerprint", "instantiate", "list_sandboxes",
+    "load_container", "load_container_in_image", "load_master", "load_processes",
+    "load_sandbox", "map_dir", "parse_container", "parse_humannum", "parse_master",
+    "parse_processes", "parse_sandbox", "process_config_log_json", "process_config_path",
+    "read_in_image", "references", "sandbox_log_path", "substitute",
 ]

@@ -109,3 +109,17 @@ def test_chained_links_with_dotdot(image: Path, openat2: bool) -> None:
     assert read_in_image(image, "/config/chain2", use_openat2=openat2) == b"image secret"
     assert read_in_image(image, "/config/dir/../etc/secret", use_openat2=openat2) == \
         b"image secret"
+
+
+def test_load_container_in_image_names_the_file(image: Path) -> None:
+    from protocol.config import load_container_in_image
+    assert load_container_in_image(image, "/config/main.yaml").executable == "/bin/x"
+    (image / "config/bad.yaml").write_text("executable: /x\nkill-timeout: 1.5\n")
+    with pytest.raises(ConfigError) as err:
+        load_container_in_image(image, "/config/bad.yaml")
+    [p] = err.value.problems
+    assert (p.file, p.key) == (str(image / "config/bad.yaml"), "kill-timeout")
+    with pytest.raises(ConfigError) as err:
+        load_container_in_image(image, "/config/none.yaml")
+    [p] = err.value.problems
+    assert p.file == str(image / "config/none.yaml") and f"in image {image}" in p.message
