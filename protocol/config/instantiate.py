@@ -124,7 +124,10 @@ def check_ids(container: ContainerConfig, sandbox: SandboxConfig) -> tuple[int, 
     problems += _id_problems(file, "gid", "group-id", gid, sandbox.allow_groups,
                              () if sandbox_maps else container.gid_map,
                              f"allow-groups ({sandbox.path})")
-    for what, value, sbmap in (("uid", uid, sandbox.uid_map), ("gid", gid, sandbox.gid_map)):
+    checked = [("gid", gid, sandbox.gid_map)]
+    if not any(p.key == "user-id" for p in problems):
+        checked.append(("uid", uid, sandbox.uid_map))
+    for what, value, sbmap in checked:
         if sbmap and not any(e.inside <= value < e.inside + e.count for e in sbmap):
             problems.append(Problem(file, f"{'user' if what == 'uid' else 'group'}-id",
                                     str(value), f"is not in the sandbox {what}-map "

@@ -159,6 +159,9 @@ def test_bad_and_duplicate_ports() -> None:
     (b"uid-map: [{inside: 0, outside: 10, count: 1}]\nuser-id: 5\n", SB, "container's uid-map"),
     (b"uid-map: [{inside: 0, outside: 10, count: 1}]\n",
      SB + b"uid-map: [{inside: 0, outside: 10, count: 1}]\n", "already has uid-map"),
+    (b"", SB + b"uid-map: [{inside: 0, outside: 1000, count: 1}]\n", "sandbox uid-map"),
+    (b"group-id: 10\n", SB + b"gid-map: [{inside: 0, outside: 1000, count: 1}]\n",
+     "sandbox gid-map"),
 ])
 def test_k11_id_rules(container: bytes, sandbox: bytes, needle: str) -> None:
     c = parse_container(b"executable: /x\n" + (b"" if b"user-id" in container else
