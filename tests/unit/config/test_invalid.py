@@ -74,6 +74,10 @@ CASES: list[tuple[Callable[[str], Any], str, str, str]] = [
      "bridged-network.network", "not a network"),
     (sandbox, "bridged-network: {bridge: br0, network: 10.0.0.0/24, default-gateway: x}",
      "bridged-network.default-gateway", "IP address"),
+    (sandbox, "bridged-network: {bridge: '', network: 10.0.0.0/24}", "bridged-network.bridge",
+     "interface name"),
+    (sandbox, "bridged-network: {bridge: a-very-long-bridge-name, network: 10.0.0.0/24}",
+     "bridged-network.bridge", "1..15 bytes"),
     (sandbox, "allow-user: [1]", "allow-user", "did you mean 'allow-users'"),
     (sandbox, "secrets-namespaces: x", "secrets-namespaces", "sequence"),
     # processes
