@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from types import MappingProxyType
 
 from .container import ContainerConfig, TcpPortConfig
@@ -25,8 +26,9 @@ from .reader import IpAddress
 from .sandbox import IdMapEntry, SandboxConfig
 from .vartypes import Activation, TcpPortVar
 
-__all__ = ["BUILTIN_VARIABLES", "InstantiatedContainer", "check_ids", "instance_fingerprint",
-           "instantiate", "process_config_log_json", "references", "substitute"]
+__all__ = ["BUILTIN_VARIABLES", "InstantiatedContainer", "check_container", "check_ids",
+           "config_log_line", "instance_fingerprint", "instantiate", "process_config_log_json",
+           "references", "substitute"]
 
 PID_VAR = "lithos:pid"
 BUILTIN_VARIABLES = frozenset({"lithos:name", "lithos:config_filename", PID_VAR})
@@ -353,3 +355,9 @@ def _activation_problems(container: ContainerConfig) -> list[Problem]:
                                         f"conflicts with variable {fds[cfg.fd]!r} (activation: "
                                         "systemd takes this fd; use a higher fd)"))
     return problems
+
+
+def config_log_line(processes: Mapping[str, ProcessConfig], utc_seconds: int) -> str:
+    """One config-log line (T-27): `<RFC3339 UTC seconds> <JSON>\n`; time is an input."""
+    stamp = datetime.fromtimestamp(utc_seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return f"{stamp} {process_config_log_json(processes)}\n"
