@@ -21,12 +21,13 @@ from .container import (
 )
 from .errors import ConfigError, Problem
 from .idranges import IdRanges
-from .image import read_in_image
+from .image import image_file_name, load_container_in_image, read_in_image
 from .instantiate import (
     BUILTIN_VARIABLES,
     InstantiatedContainer,
     check_container,
     check_ids,
+    config_log_line,
     instance_fingerprint,
     instantiate,
     process_config_log_json,
@@ -62,8 +63,8 @@ __all__ = [
     "MasterConfig", "Metadata", "NameVar", "Persistent", "Problem", "ProcessConfig",
     "Readonly", "ResolvConf", "SandboxConfig", "Statedir", "TcpPortConfig", "TcpPortVar",
     "Tmpfs", "Variable", "Volume", "check_container", "check_ids", "check_process",
-    "image_path",
-    "instance_fingerprint", "instantiate", "list_sandboxes", "load_container", "load_master",
+    "config_log_line", "image_file_name", "image_path", "instance_fingerprint", "instantiate",
+    "list_sandboxes", "load_container", "load_container_in_image", "load_master",
     "load_processes", "load_sandbox", "map_dir", "parse_container", "parse_humannum",
     "parse_master", "parse_processes", "parse_sandbox", "process_config_log_json",
     "process_config_path", "read_in_image", "references", "sandbox_log_path", "substitute",

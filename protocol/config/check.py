@@ -29,12 +29,11 @@ from . import (
     instantiate,
     list_sandboxes,
     load_container,
+    load_container_in_image,
     load_master,
     load_processes,
     load_sandbox,
-    parse_container,
     process_config_path,
-    read_in_image,
 )
 from .instantiate import check_container
 
@@ -83,8 +82,7 @@ def _check_entry(sandbox: SandboxConfig, process: ProcessConfig, report: _Report
     if isinstance(root, Problem):
         return
     try:
-        data = read_in_image(root, process.config)
-        container = parse_container(data, f"{root}:{process.config}")
+        container = load_container_in_image(root, process.config)
     except ConfigError as e:
         report.add(e.problems)
         return

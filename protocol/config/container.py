@@ -191,6 +191,12 @@ def p_metadata(ctx: Ctx, node: Node, key: str) -> Metadata:
     return scalar_text(ctx, node, key)
 
 
+def _env_name(name: str) -> str | None:
+    if not name or "=" in name or "\0" in name:
+        return "is not a valid environment variable name (non-empty, no '=')"
+    return None
+
+
 def _exit_code(ctx: Ctx, node: Node, key: str) -> int:
     return p_num(0, 255)(ctx, node, key)
 
@@ -214,8 +220,9 @@ def _build(ctx: Ctx, node: Node | None, file: str) -> ContainerConfig:
         kill_timeout=m.get("kill_timeout", timeout, 5),
         executable=m.require("executable", p_str, ""),
         arguments=m.get("arguments", p_list(p_str), ()),
-        environ=m.get("environ", p_map(p_str), empty),
-        secret_environ=m.get("secret_environ", p_map(p_secret_value), MappingProxyType({})),
+        environ=m.get("environ", p_map(p_str, _env_name), empty),
+        secret_environ=m.get("secret_environ", p_map(p_secret_value, _env_name),
+                             MappingProxyType({})),
         secret_environ_file=m.get("secret_environ_file", optional(p_str), None),
         workdir=m.get("workdir", p_str, "/"),
         resolv_conf=m.get("resolv_conf", p_resolv_conf, ResolvConf()),

@@ -19,7 +19,8 @@ class Problem:
     """One thing wrong in one config file.
 
     `key` is the dotted key path in the user's spelling (`volumes./data.size`);
-    `value` is the offending value as written; `line` is 1-based, 0 if unknown.
+    `value` is the offending value as written; `line` and `column` are 1-based,
+    0 if unknown.
     """
 
     file: str
@@ -27,6 +28,7 @@ class Problem:
     value: str
     message: str
     line: int = 0
+    column: int = 0
 
     def __str__(self) -> str:
         parts = [self.file]
@@ -34,13 +36,15 @@ class Problem:
             parts.append(self.key)
         head = ": ".join(parts)
         body = f"{self.value} {self.message}" if self.value else self.message
-        where = f" [line {self.line}]" if self.line else ""
+        where = ""
+        if self.line:
+            where = f" [line {self.line}" + (f", column {self.column}]" if self.column else "]")
         return f"{head}: {body}{where}"
 
     def as_json(self) -> dict[str, str | int]:
         """The shape of `lithos_check --json`."""
         return {"file": self.file, "key": self.key, "value": self.value,
-                "message": self.message, "line": self.line}
+                "message": self.message, "line": self.line, "column": self.column}
 
 
 class ConfigError(Exception):

@@ -17,10 +17,11 @@ import platform
 import stat
 from pathlib import Path
 
+from .container import ContainerConfig, parse_container
 from .errors import ConfigError, Problem
 from .yamlload import MAX_FILE_BYTES
 
-__all__ = ["read_in_image"]
+__all__ = ["image_file_name", "load_container_in_image", "read_in_image"]
 
 RESOLVE_NO_MAGICLINKS = 0x02
 RESOLVE_IN_ROOT = 0x10
@@ -35,7 +36,6 @@ class _OpenHow(ctypes.Structure):
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
-_openat2_state: list[bool] = []    # [] unknown, [True] works, [False] ENOSYS
 
 
 def _openat2(dirfd: int, path: str, flags: int) -> int:
@@ -99,17 +99,12 @@ def _walk_in_root(rootfd: int, path: str, flags: int) -> int:
 
 
 def _open_in_root(rootfd: int, path: str, flags: int) -> int:
-    if not _openat2_state or _openat2_state[0]:
-        try:
-            fd = _openat2(rootfd, path, flags)
-        except OSError as e:
-            if e.errno not in (errno.ENOSYS, errno.EPERM) or _openat2_state:
-                raise
-            _openat2_state.append(False)   # seccomp may answer EPERM: use the walk
-        else:
-            if not _openat2_state:
-                _openat2_state.append(True)
-            return fd
+    try:
+        return _openat2(rootfd, path, flags)
+    except OSError as e:
+        # ENOSYS: kernel < 5.6; EPERM: a seccomp filter that does not know openat2.
+        if e.errno not in (errno.ENOSYS, errno.EPERM):
+            raise
     return _walk_in_root(rootfd, path, flags)
 
 
@@ -121,20 +116,21 @@ def read_in_image(image_root: Path, path: str, limit: int = MAX_FILE_BYTES,
         ConfigError: naming the image, the path and the reason.
     """
     def problem(reason: str) -> ConfigError:
-        return ConfigError([Problem(f"{image_root}:{path}", "", "", reason)])
+        return ConfigError([Problem(image_file_name(image_root, path), "", "",
+                                    f"{reason} (in image {image_root})")])
 
     flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
     try:
         rootfd = os.open(image_root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as e:
-        raise problem(f"image root cannot be opened: {_name(e)}") from None
+        raise problem(f"cannot be read: the image root cannot be opened: {_name(e)}") from None
     try:
         if use_openat2:
             fd = _open_in_root(rootfd, path, flags)
         else:
             fd = _walk_in_root(rootfd, path, flags)
     except OSError as e:
-        raise problem(f"cannot be opened inside the image: {_name(e)}") from None
+        raise problem(f"cannot be opened: {_name(e)}") from None
     finally:
         os.close(rootfd)
     try:
@@ -155,6 +151,20 @@ def read_in_image(image_root: Path, path: str, limit: int = MAX_FILE_BYTES,
     if got > limit:
         raise problem(f"is larger than {limit} bytes")
     return b"".join(chunks)
+
+
+def image_file_name(image_root: Path, path: str) -> str:
+    """How a file inside an image is named in messages: the host path it stands for."""
+    return str(Path(image_root) / path.lstrip("/"))
+
+
+def load_container_in_image(image_root: Path, config: str) -> ContainerConfig:
+    """Read and parse the container config `config` inside `image_root` (K-8, T-29).
+
+    Raises:
+        ConfigError: unreadable (naming the image) or invalid.
+    """
+    return parse_container(read_in_image(image_root, config), image_file_name(image_root, config))
 
 
 def _name(e: OSError) -> str:

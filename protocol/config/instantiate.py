@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from types import MappingProxyType
 
 from .container import ContainerConfig, TcpPortConfig
@@ -25,8 +26,9 @@ from .reader import IpAddress
 from .sandbox import IdMapEntry, SandboxConfig
 from .vartypes import Activation, TcpPortVar
 
-__all__ = ["BUILTIN_VARIABLES", "InstantiatedContainer", "check_ids", "instance_fingerprint",
-           "instantiate", "process_config_log_json", "references", "substitute"]
+__all__ = ["BUILTIN_VARIABLES", "InstantiatedContainer", "check_container", "check_ids",
+           "config_log_line", "instance_fingerprint", "instantiate", "process_config_log_json",
+           "references", "substitute"]
 
 PID_VAR = "lithos:pid"
 BUILTIN_VARIABLES = frozenset({"lithos:name", "lithos:config_filename", PID_VAR})
@@ -124,7 +126,10 @@ def check_ids(container: ContainerConfig, sandbox: SandboxConfig) -> tuple[int, 
     problems += _id_problems(file, "gid", "group-id", gid, sandbox.allow_groups,
                              () if sandbox_maps else container.gid_map,
                              f"allow-groups ({sandbox.path})")
-    for what, value, sbmap in (("uid", uid, sandbox.uid_map), ("gid", gid, sandbox.gid_map)):
+    checked = [("gid", gid, sandbox.gid_map)]
+    if not any(p.key == "user-id" for p in problems):
+        checked.append(("uid", uid, sandbox.uid_map))
+    for what, value, sbmap in checked:
         if sbmap and not any(e.inside <= value < e.inside + e.count for e in sbmap):
             problems.append(Problem(file, f"{'user' if what == 'uid' else 'group'}-id",
                                     str(value), f"is not in the sandbox {what}-map "
@@ -141,18 +146,7 @@ def instantiate(container: ContainerConfig, process: ProcessConfig, sandbox: San
     """
     cfile, pfile = str(container.path), str(process.path)
     problems: list[Problem] = []
-    values: dict[str, str] = {}
-    for var, vtype in container.variables.items():
-        if var not in process.variables:
-            problems.append(Problem(pfile, f"{process.name}.variables", var,
-                                    f"is declared in {cfile} but has no value"))
-            continue
-        value = process.variables[var]
-        complaint = vtype.check(value)
-        if complaint:
-            problems.append(Problem(pfile, f"{process.name}.variables.{var}", value,
-                                    f"{complaint} (declared in {cfile})"))
-        values[var] = value
+    values = _variable_values(container, process, problems)
     values["lithos:name"] = name
     values["lithos:config_filename"] = process.config
 
@@ -168,62 +162,18 @@ def instantiate(container: ContainerConfig, process: ProcessConfig, sandbox: San
     environ: dict[str, str] = {}
     pid_environ: list[str] = []
     for key, text in container.environ.items():
-        if text == "@{" + PID_VAR + "}":
+        if text == "@{" + PID_VAR + "}":      # V-15: only as the whole value
             pid_environ.append(key)
         else:
             environ[key] = sub(f"environ.{key}", text)
-
-    ports: dict[int, TcpPortConfig] = {}
-    origin: dict[int, str] = {}
-    for key, port_cfg in container.tcp_ports.items():
-        text = sub(f"tcp-ports.{key}", key).strip()
-        if not (text.isascii() and text.isdigit()) or int(text) > 65535:
-            problems.append(Problem(cfile, f"tcp-ports.{key}", text, "is not a port number "
-                                    "(0..65535) after substitution"))
-            continue
-        port = int(text)
-        if port in ports:
-            problems.append(Problem(cfile, f"tcp-ports.{key}", text, f"is the same port as "
-                                    f"tcp-ports.{origin[port]}"))
-            continue
-        ports[port], origin[port] = port_cfg, key
-
-    by_fd: dict[int, int] = {}
-    for port, cfg in ports.items():
-        if cfg.fd in by_fd:
-            problems.append(Problem(cfile, f"tcp-ports.{origin[port]}.fd", str(cfg.fd),
-                                    f"is also the fd of port {by_fd[cfg.fd]}"))
-        by_fd.setdefault(cfg.fd, port)
-
+    ports = {key: sub(f"tcp-ports.{key}", key) for key in container.tcp_ports}
+    final_ports, origin = _final_ports(container, ports, values, problems)
     activated = _activated(container)
-    problems += _activation_problems(container)
-    if activated:
-        for k, var in enumerate(activated, start=1):
-            text = values.get(var, "")
-            if text.isascii() and text.isdigit() and int(text) <= 65535:
-                ports[int(text)] = TcpPortConfig(fd=2 + k)   # replaces an explicit entry
-                origin[int(text)] = f"@{{{var}}}"
+    if activated:                             # V-17: these override environ
         environ["LISTEN_FDS"] = str(len(activated))
         environ["LISTEN_FDNAMES"] = ":".join(activated)
         pid_environ.append("LISTEN_PID")
-
-    bridged = sandbox.bridged_network is not None
-    reported: set[int] = set()
-    for var, vtype in container.variables.items():
-        text = values.get(var, "")
-        if isinstance(vtype, TcpPortVar) and not bridged and vtype.check(text) is None \
-                and int(text) not in sandbox.allow_tcp_ports:
-            reported.add(int(text))
-            problems.append(Problem(pfile, f"{process.name}.variables.{var}", text,
-                                    f"is not in allow-tcp-ports {sandbox.allow_tcp_ports} "
-                                    f"({sandbox.path})"))
-    for port, cfg in ports.items():
-        if (not bridged or cfg.external) and port not in sandbox.allow_tcp_ports \
-                and port not in reported:
-            problems.append(Problem(cfile, f"tcp-ports.{origin[port]}", str(port),
-                                        f"is not in allow-tcp-ports {sandbox.allow_tcp_ports} "
-                                        f"({sandbox.path})"))
-
+    problems += _port_policy(container, process, sandbox, values, final_ports, origin)
     uid, gid, id_problems = check_ids(container, sandbox)
     problems += id_problems
     ip: IpAddress | None = None
@@ -243,8 +193,91 @@ def instantiate(container: ContainerConfig, process: ProcessConfig, sandbox: San
         name=name, index=index, container=container, process=process,
         executable=container.executable, arguments=arguments,
         environ=MappingProxyType(environ), pid_environ=tuple(sorted(set(pid_environ))),
-        tcp_ports=MappingProxyType(dict(sorted(ports.items()))),
+        tcp_ports=MappingProxyType(dict(sorted(final_ports.items()))),
         user_id=uid, group_id=gid, ip_address=ip)
+
+
+def _variable_values(container: ContainerConfig, process: ProcessConfig,
+                     problems: list[Problem]) -> dict[str, str]:
+    """The values of the declared variables, each checked against its type (V-10)."""
+    cfile, pfile = str(container.path), str(process.path)
+    values: dict[str, str] = {}
+    for var, vtype in container.variables.items():
+        if var not in process.variables:
+            problems.append(Problem(pfile, f"{process.name}.variables", var,
+                                    f"is declared in {cfile} but has no value"))
+            continue
+        value = process.variables[var]
+        complaint = vtype.check(value)
+        if complaint:
+            problems.append(Problem(pfile, f"{process.name}.variables.{var}", value,
+                                    f"{complaint} (declared in {cfile})"))
+        values[var] = value
+    return values
+
+
+def _final_ports(container: ContainerConfig, substituted: Mapping[str, str],
+                 values: Mapping[str, str], problems: list[Problem],
+                 ) -> tuple[dict[int, TcpPortConfig], dict[int, str]]:
+    """Port number -> settings after substitution and activation, and where each came from."""
+    cfile = str(container.path)
+    ports: dict[int, TcpPortConfig] = {}
+    origin: dict[int, str] = {}
+    for key, port_cfg in container.tcp_ports.items():
+        text = substituted[key].strip()
+        if not (text.isascii() and text.isdigit()) or int(text) > 65535:
+            problems.append(Problem(cfile, f"tcp-ports.{key}", text, "is not a port number "
+                                    "(0..65535) after substitution"))
+            continue
+        port = int(text)
+        if port in ports:
+            problems.append(Problem(cfile, f"tcp-ports.{key}", text, f"is the same port as "
+                                    f"tcp-ports.{origin[port]}"))
+            continue
+        ports[port], origin[port] = port_cfg, key
+    by_fd: dict[int, int] = {}
+    for port, cfg in ports.items():
+        if cfg.fd in by_fd:
+            problems.append(Problem(cfile, f"tcp-ports.{origin[port]}.fd", str(cfg.fd),
+                                    f"is also the fd of port {by_fd[cfg.fd]}"))
+        by_fd.setdefault(cfg.fd, port)
+    problems += _activation_problems(container)
+    activated_ports: dict[int, str] = {}
+    for k, var in enumerate(_activated(container), start=1):
+        text = values.get(var, "")
+        if not (text.isascii() and text.isdigit() and int(text) <= 65535):
+            continue                          # already reported by _variable_values
+        port = int(text)
+        if port in activated_ports:
+            problems.append(Problem(cfile, f"variables.{var}", text, f"is the same port as "
+                                    f"variable {activated_ports[port]!r} (activation: systemd)"))
+            continue
+        activated_ports[port] = var
+        ports[port] = TcpPortConfig(fd=2 + k)   # replaces an explicit entry (V-17)
+        origin[port] = f"@{{{var}}}"
+    return ports, origin
+
+
+def _port_policy(container: ContainerConfig, process: ProcessConfig, sandbox: SandboxConfig,
+                 values: Mapping[str, str], ports: Mapping[int, TcpPortConfig],
+                 origin: Mapping[int, str]) -> list[Problem]:
+    """allow-tcp-ports for TcpPort values and final ports, unless bridged and not external."""
+    problems: list[Problem] = []
+    allowed = sandbox.allow_tcp_ports
+    bridged = sandbox.bridged_network is not None
+    reported: set[int] = set()
+    for var, vtype in container.variables.items():
+        text = values.get(var, "")
+        if isinstance(vtype, TcpPortVar) and not bridged and vtype.check(text) is None \
+                and int(text) not in allowed:
+            reported.add(int(text))
+            problems.append(Problem(str(process.path), f"{process.name}.variables.{var}", text,
+                                    f"is not in allow-tcp-ports {allowed} ({sandbox.path})"))
+    for port, cfg in ports.items():
+        if (not bridged or cfg.external) and port not in allowed and port not in reported:
+            problems.append(Problem(str(container.path), f"tcp-ports.{origin[port]}", str(port),
+                                    f"is not in allow-tcp-ports {allowed} ({sandbox.path})"))
+    return problems
 
 
 def _entry_json(process: ProcessConfig, ip_key: str, ips: list[str]) -> dict[str, object]:
@@ -322,3 +355,9 @@ def _activation_problems(container: ContainerConfig) -> list[Problem]:
                                         f"conflicts with variable {fds[cfg.fd]!r} (activation: "
                                         "systemd takes this fd; use a higher fd)"))
     return problems
+
+
+def config_log_line(processes: Mapping[str, ProcessConfig], utc_seconds: int) -> str:
+    """One config-log line (T-27): `<RFC3339 UTC seconds> <JSON>\n`; time is an input."""
+    stamp = datetime.fromtimestamp(utc_seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return f"{stamp} {process_config_log_json(processes)}\n"

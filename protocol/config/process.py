@@ -38,6 +38,7 @@ from .yamlload import read_bounded
 __all__ = ["Kind", "ProcessConfig", "check_process", "image_path", "load_processes",
            "p_kind", "parse_processes"]
 
+MAX_INSTANCES = 65535
 NAME_RE = re.compile(r"[A-Za-z0-9_-]+")
 
 
@@ -87,7 +88,7 @@ def _entry(ctx: Ctx, node: Node, key: str, file: str) -> ProcessConfig:
     entry = ProcessConfig(
         path=Path(file),
         name=key,
-        instances=m.get("instances", p_num(0, 2**32 - 1), 1),
+        instances=m.get("instances", p_num(0, MAX_INSTANCES), 1),
         image=m.require("image", p_str, ""),
         config=m.require("config", p_str, ""),
         variables=m.get("variables", p_map(p_str), MappingProxyType({})),

@@ -49,7 +49,8 @@ class Ctx:
     def error(self, key: str, node: Node | None, message: str, value: str | None = None) -> None:
         shown = describe(node) if value is None and node is not None else (value or "")
         line = int(node.start_mark.line) + 1 if node is not None else 0
-        self.problems.append(Problem(self.file, key, shown, message, line))
+        column = int(node.start_mark.column) + 1 if node is not None else 0
+        self.problems.append(Problem(self.file, key, shown, message, line, column))
 
     def fail(self, key: str, node: Node | None, message: str, value: str | None = None) -> Invalid:
         """Record a problem and return Invalid for the caller to raise."""
@@ -227,7 +228,10 @@ def scalar_text(ctx: Ctx, node: Node, key: str) -> str:
 def p_str(ctx: Ctx, node: Node, key: str) -> str:
     if is_null(node) and not is_implicit_null(node):
         raise ctx.fail(key, node, "must be a string, not null")
-    return scalar_text(ctx, node, key)
+    text = scalar_text(ctx, node, key)
+    if "\0" in text:
+        raise ctx.fail(key, node, "must not contain a NUL character")
+    return text
 
 
 def optional(parse: Parser[T]) -> Parser[T | None]:

@@ -137,17 +137,24 @@ def _p_path(ctx: Ctx, node: Node, key: str) -> Path:
     return Path(p_str(ctx, node, key))
 
 
+def _p_ifname(ctx: Ctx, node: Node, key: str) -> str:
+    text = p_str(ctx, node, key)
+    if not 0 < len(text.encode()) <= 15 or any(c in text for c in "/: \t\n") \
+            or text in (".", ".."):
+        raise ctx.fail(key, node, "is not a network interface name (1..15 bytes, no '/', ':' "
+                       "or spaces)")
+    return text
+
+
 def p_bridged(ctx: Ctx, node: Node, key: str) -> BridgedNetwork:
     m = MapReader(ctx, node, key)
     net = BridgedNetwork(
-        bridge=m.require("bridge", p_str, ""),
+        bridge=m.require("bridge", _p_ifname, ""),
         network=m.require("network", p_network, ipaddress.ip_network("0.0.0.0/0")),
         default_gateway=m.get("default_gateway", optional(p_ip), None),
         after_setup_command=m.get("after_setup_command", p_list(p_str), ()),
     )
     m.finish()
-    if net.bridge == "" and "bridge" in m.used.values():
-        ctx.error(f"{key}.bridge", None, "must not be empty", '""')
     return net
 
 

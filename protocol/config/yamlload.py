@@ -77,6 +77,10 @@ def _mark_line(node: Node) -> int:
     return int(node.start_mark.line) + 1
 
 
+def _mark_column(node: Node) -> int:
+    return int(node.start_mark.column) + 1
+
+
 def read_bounded(path: Path, limit: int = MAX_FILE_BYTES) -> bytes:
     """Read a regular file, refusing (without reading it all) one over `limit` bytes.
 
@@ -135,9 +139,11 @@ def compose_text(data: bytes, file: str) -> Node | None:
         loader = LithosLoader(text)     # the Reader rejects unprintable characters here
         node = loader.get_single_node()
     except yaml.MarkedYAMLError as e:
-        line = int(e.problem_mark.line) + 1 if e.problem_mark is not None else 0
+        mark = e.problem_mark
+        line, column = (int(mark.line) + 1, int(mark.column) + 1) if mark else (0, 0)
         what = " ".join(x for x in (e.context, e.problem) if x)
-        raise ConfigError([Problem(file, "", "", f"is not valid YAML: {what}", line)]) from None
+        raise ConfigError([Problem(file, "", "", f"is not valid YAML: {what}", line,
+                                   column)]) from None
     except yaml.YAMLError as e:
         raise ConfigError([Problem(file, "", "", f"is not valid YAML: {e}")]) from None
     except RecursionError:
@@ -169,9 +175,11 @@ def _tag_problem(node: Node, file: str) -> Problem | None:
         return None
     shown = "!!" + tag[len(STD_PREFIX):] if tag.startswith(STD_PREFIX) else tag
     if tag in INCLUDE_TAGS:
-        return Problem(file, "", shown, "Includes are not supported", _mark_line(node))
+        return Problem(file, "", shown, "Includes are not supported", _mark_line(node),
+                       _mark_column(node))
     return Problem(file, "", shown, "is not a known tag (known: "
-                   + ", ".join(sorted(LITHOS_TAGS - {"!*Unpack"})) + ")", _mark_line(node))
+                   + ", ".join(sorted(LITHOS_TAGS - {"!*Unpack"})) + ")", _mark_line(node),
+                   _mark_column(node))
 
 
 def check_graph(root: Node, file: str) -> None:

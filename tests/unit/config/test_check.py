@@ -104,3 +104,11 @@ def test_usage_errors_exit_2(args: list[str]) -> None:
 def test_missing_master_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["-C", str(tmp_path / "none.yaml")]) == 1
     assert "none.yaml" in capsys.readouterr().err
+
+
+def test_e42_builtin_variables_pass(tmp_path: Path) -> None:
+    """E-42 / decision 3: @{lithos:name}, @{lithos:config_filename}, @{lithos:pid} pass."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("executable: /x\narguments: ['@{lithos:name}', '@{lithos:config_filename}']\n"
+                   "environ: {PID: '@{lithos:pid}'}\n")
+    assert main(["--check-container", str(cfg)]) == 0

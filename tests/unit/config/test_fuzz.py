@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -11,6 +12,8 @@ from hypothesis import strategies as st
 
 from protocol.config import (
     ConfigError,
+    check_container,
+    instantiate,
     parse_container,
     parse_master,
     parse_processes,
@@ -81,3 +84,40 @@ def test_generated_bytes(data: bytes) -> None:
 @given(st.text(alphabet="{}[]:,-&*!|>'\"#%@`\n ab<~?", max_size=60))
 def test_generated_yaml_punctuation(text: str) -> None:
     only_config_error(text.encode())
+
+
+SANDBOX = parse_sandbox(b"allow-users: [1-1000]\nallow-groups: [0-1000]\n"
+                        b"allow-tcp-ports: [1-9000]\ndefault-user: 5\n", "/s.yaml", "s")
+VAR_TAGS = ["!TcpPort", "!TcpPort {activation: systemd}", "!Name", "!DottedName",
+            "!Choice [x, '1']"]
+subst_text = st.text(alphabet="@{}: ab12lithos:pidnameLISTEN_FDS", max_size=15)
+
+
+@SETTINGS
+@given(st.lists(st.tuples(st.sampled_from(["a", "b", "c"]), st.sampled_from(VAR_TAGS)),
+                max_size=3),
+       st.lists(subst_text, max_size=3), st.dictionaries(subst_text, subst_text, max_size=3),
+       st.dictionaries(subst_text, st.integers(0, 6), max_size=3),
+       st.dictionaries(st.sampled_from(["a", "b", "c", "d"]), subst_text, max_size=4))
+def test_instantiate_only_config_error(vars: list[tuple[str, str]], args: list[str],
+                                       env: dict[str, str], ports: dict[str, int],
+                                       values: dict[str, str]) -> None:
+    doc = "executable: /x\n"
+    if vars:
+        doc += "variables:\n" + "".join(f"  {k}: {t}\n" for k, t in vars)
+    doc += (f"arguments: {json.dumps(args)}\nenviron: {json.dumps(env)}\n"
+            f"tcp-ports: {json.dumps({k: {'fd': v} for k, v in ports.items()})}\n")
+    try:
+        container = parse_container(doc.encode(), "/c.yaml")
+    except ConfigError:
+        return
+    process = parse_processes(f"w: {{image: i, config: /c, variables: {json.dumps(values)}}}\n"
+                              .encode(), "/p.yaml")["w"]
+    check_container(container)
+    try:
+        result = instantiate(container, process, SANDBOX, "s/w.0", 0)
+    except ConfigError as e:
+        assert e.problems
+    else:
+        assert all(0 <= port <= 65535 for port in result.tcp_ports)
+        assert len({cfg.fd for cfg in result.tcp_ports.values()}) == len(result.tcp_ports)

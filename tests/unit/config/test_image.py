@@ -87,3 +87,39 @@ def test_no_fd_leak(image: Path) -> None:
         with pytest.raises(ConfigError):
             read_in_image(image, "/config/up", use_openat2=openat2)
     assert set(os.listdir("/proc/self/fd")) == before
+
+
+def test_kernel_openat2_is_really_used(image: Path) -> None:
+    from protocol.config.image import _openat2
+    root = os.open(image, os.O_PATH | os.O_DIRECTORY)
+    try:
+        fd = _openat2(root, "/config/abs", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            assert os.read(fd, 100) == b"image secret"
+        finally:
+            os.close(fd)
+    finally:
+        os.close(root)
+
+
+@pytest.mark.parametrize("openat2", BACKENDS)
+def test_chained_links_with_dotdot(image: Path, openat2: bool) -> None:
+    (image / "config/chain").symlink_to("/config/dir/../../../etc/secret")
+    (image / "config/chain2").symlink_to("chain")
+    assert read_in_image(image, "/config/chain2", use_openat2=openat2) == b"image secret"
+    assert read_in_image(image, "/config/dir/../etc/secret", use_openat2=openat2) == \
+        b"image secret"
+
+
+def test_load_container_in_image_names_the_file(image: Path) -> None:
+    from protocol.config import load_container_in_image
+    assert load_container_in_image(image, "/config/main.yaml").executable == "/bin/x"
+    (image / "config/bad.yaml").write_text("executable: /x\nkill-timeout: 1.5\n")
+    with pytest.raises(ConfigError) as err:
+        load_container_in_image(image, "/config/bad.yaml")
+    [p] = err.value.problems
+    assert (p.file, p.key) == (str(image / "config/bad.yaml"), "kill-timeout")
+    with pytest.raises(ConfigError) as err:
+        load_container_in_image(image, "/config/none.yaml")
+    [p] = err.value.problems
+    assert p.file == str(image / "config/none.yaml") and f"in image {image}" in p.message

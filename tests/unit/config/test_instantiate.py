@@ -159,6 +159,9 @@ def test_bad_and_duplicate_ports() -> None:
     (b"uid-map: [{inside: 0, outside: 10, count: 1}]\nuser-id: 5\n", SB, "container's uid-map"),
     (b"uid-map: [{inside: 0, outside: 10, count: 1}]\n",
      SB + b"uid-map: [{inside: 0, outside: 10, count: 1}]\n", "already has uid-map"),
+    (b"", SB + b"uid-map: [{inside: 0, outside: 1000, count: 1}]\n", "sandbox uid-map"),
+    (b"group-id: 10\n", SB + b"gid-map: [{inside: 0, outside: 1000, count: 1}]\n",
+     "sandbox gid-map"),
 ])
 def test_k11_id_rules(container: bytes, sandbox: bytes, needle: str) -> None:
     c = parse_container(b"executable: /x\n" + (b"" if b"user-id" in container else
@@ -188,3 +191,15 @@ def test_ip_address_per_instance_and_kind_match() -> None:
     with pytest.raises(ConfigError, match="does not match kind"):
         inst(b"kind: Command\n")
     assert inst(b"kind: CommandOrDaemon\n").name == "sb/app.0"
+
+
+def test_two_activated_variables_with_one_port() -> None:
+    with pytest.raises(ConfigError, match="same port as variable 'a'"):
+        inst(b"variables:\n  a: !TcpPort {activation: systemd}\n"
+             b"  b: !TcpPort {activation: systemd}\n", b"  variables: {a: '8001', b: '8001'}\n")
+
+
+def test_activation_replaces_explicit_entry_for_same_port() -> None:
+    i = inst(b"variables:\n  a: !TcpPort {activation: systemd}\n"
+             b"tcp-ports: {'@{a}': {fd: 7, listen-backlog: 5}}\n", b"  variables: {a: '8001'}\n")
+    assert i.tcp_ports[8001].fd == 3 and i.tcp_ports[8001].listen_backlog == 128

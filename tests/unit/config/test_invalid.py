@@ -74,6 +74,10 @@ CASES: list[tuple[Callable[[str], Any], str, str, str]] = [
      "bridged-network.network", "not a network"),
     (sandbox, "bridged-network: {bridge: br0, network: 10.0.0.0/24, default-gateway: x}",
      "bridged-network.default-gateway", "IP address"),
+    (sandbox, "bridged-network: {bridge: '', network: 10.0.0.0/24}", "bridged-network.bridge",
+     "interface name"),
+    (sandbox, "bridged-network: {bridge: a-very-long-bridge-name, network: 10.0.0.0/24}",
+     "bridged-network.bridge", "1..15 bytes"),
     (sandbox, "allow-user: [1]", "allow-user", "did you mean 'allow-users'"),
     (sandbox, "secrets-namespaces: x", "secrets-namespaces", "sequence"),
     # processes
@@ -135,6 +139,11 @@ CASES: list[tuple[Callable[[str], Any], str, str, str]] = [
     (container, "workdir: ~", "workdir", "not null"),
     (container, "stdout-stderr-file: [a]", "stdout-stderr-file", "single value"),
     (container, "uid-map: {inside: 0}", "uid-map", "sequence"),
+    (container, 'arguments: ["a\\0b"]', "arguments[0]", "NUL"),
+    (container, "environ: {'A=B': x}", "environ.A=B", "environment variable name"),
+    (container, "secret-environ: {'': x}", "secret-environ.", "environment variable name"),
+    (procs, "w: {image: i, config: /c, instances: 1M}", "w.instances", "at most 65535"),
+    (master, "supervisor-user: ''", "supervisor-user", "user name"),
 ]
 
 
@@ -166,4 +175,6 @@ def test_every_problem_reported_at_once() -> None:
 def test_problem_str_shape() -> None:
     with pytest.raises(ConfigError) as err:
         procs("web: {image: i, config: /c, instances: -1}")
-    assert str(err.value) == f"{F}: web.instances: -1 must be at least 0 [line 1]"
+    assert str(err.value) == f"{F}: web.instances: -1 must be at least 0 [line 1, column 40]"
+    [p] = err.value.problems
+    assert (p.line, p.column) == (1, 40)

@@ -12,6 +12,7 @@ from protocol.config import (
     ConfigError,
     Kind,
     check_process,
+    config_log_line,
     image_path,
     instance_fingerprint,
     parse_processes,
@@ -104,6 +105,7 @@ a: {image: j, config: /d, instances: 2, ip-addresses: [10.0.0.2]}
                     '"kind":"Daemon"},"z":{"instances":1,"image":"i","config":"/c",'
                     '"kind":"Command"}}')
     assert json.loads(line)["z"]["kind"] == "Command"
+    assert config_log_line(procs, 1514764800) == f"2018-01-01T00:00:00Z {line}\n"
 
 
 def test_check_process_rules() -> None:
