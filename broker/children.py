@@ -45,12 +45,13 @@ class Child:
     started_mono: float  # time.monotonic(); the same clock across exec
     cgroup: str | None = None
     ports: list[tuple[str, int]] = field(default_factory=list)
-    own_ports: list[int] = field(default_factory=list)  # reuse-port sockets (fds)
+    kill_timeout_s: float = 5.0
+    state_dir: str = ""
     orphan_pidfd: int = -1  # set when the knot is not our child (broker was killed)
 
     def to_json(self) -> str:
         data = asdict(self)
-        del data["orphan_pidfd"], data["own_ports"]
+        del data["orphan_pidfd"]
         return json.dumps(data, sort_keys=True)
 
     @classmethod

@@ -114,39 +114,42 @@ def lookup_account(user: str) -> Account:
 
 
 def spawn_supervisor(
-    account: Account, master_path: Path, extra_args: list[str]
+    account: Account, master_path: Path, extra_args: list[str], stderr_fd: int | None
 ) -> tuple[int, socket.socket]:
-    """Forks the supervisor as `account` with one end of a SEQPACKET socketpair.
+    """Forks the supervisor with one end of a SEQPACKET socketpair; returns (pid, ours).
 
-    The child drops every privilege before exec: supplementary groups cleared,
-    gid then uid set (real, effective and saved), NoNewPrivs on, so it holds no
-    capabilities and can never regain them. Returns (pid, broker's end).
+    The child sets NoNewPrivs and execs the supervisor, which drops to `account`
+    before it reads anything (supervisor/privileges.py): the interpreter may live
+    where only root can read it. stderr_fd (the master log, or the terminal with
+    --log-stderr) becomes its fd 2, so its log lines land beside the broker's.
     """
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     child_fd = theirs.fileno()
     argv = [
         sys.executable, "-m", "supervisor",
-        "--config", str(master_path), "--fd", str(child_fd), *extra_args,
+        "--config", str(master_path), "--fd", str(child_fd),
+        "--user", f"{account.uid}:{account.gid}", *extra_args,
     ]  # fmt: skip
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
     if "PYTHONPATH" in os.environ:
         env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    cwd = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     pid = os.fork()
-    if pid == 0:  # child: only async-signal-safe-ish work until exec
+    if pid == 0:  # child: nothing but fd and signal set-up until exec
         try:
             ours.close()
             os.set_inheritable(child_fd, True)
+            if stderr_fd is not None:
+                os.dup2(stderr_fd, 2)
             for signum in range(1, signal.NSIG):
                 with contextlib.suppress(OSError, ValueError):
                     signal.signal(signum, signal.SIG_DFL)
             signal.pthread_sigmask(signal.SIG_SETMASK, set())
             signal.set_wakeup_fd(-1)
-            os.setgroups([])
-            os.setresgid(account.gid, account.gid, account.gid)
-            os.setresuid(account.uid, account.uid, account.uid)
             prctl(PR_SET_NO_NEW_PRIVS, 1)
             prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-            os.chdir("/")
+            # The package's parent dir: `-m supervisor` imports the same code as ours.
+            os.chdir(cwd)
             os.execve(sys.executable, argv, env)
         except BaseException as e:  # noqa: BLE001 - nothing may escape a forked child
             os.write(2, f"lithos_tree: starting supervisor: {e}\n".encode())

@@ -15,10 +15,15 @@ from broker.children import Children, new_child, proc_knot_name, proc_start_tick
 @pytest.fixture
 def fake_knot():
     """A process whose cmdline looks like a knot's (`... lithos_knot --name sb/p.0`)."""
+    code = "import sys; print('ready', flush=True); sys.stdin.read()"
     proc = subprocess.Popen(
-        [sys.executable, "-c", "import sys; sys.stdin.read()", "lithos_knot", "--name", "sb/p.0"],
+        [sys.executable, "-c", code, "lithos_knot", "--name", "sb/p.0"],
         stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
     )
+    # Popen returns once exec has closed the CLOEXEC pipe, which is a moment
+    # before the kernel has set up the new cmdline: wait for the child to speak.
+    assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
     yield proc
     proc.kill()
     proc.wait()

@@ -1,0 +1,621 @@
+"""The broker's loop: its peers, its children, its signals.
+
+Owns the single choke point every request passes (STYLE P5, OpenSSH's
+mon_table): look up the handler, check the peer's role and phase, run the
+check (which raises Denied), act, reply. Also reaping (SIGCHLD -> InstanceExited,
+queued while no supervisor listens), the supervisor's own life (started as an
+unprivileged user, restarted with a back-off), re-exec (SIGQUIT, SIGHUP, SIGUSR1,
+SIGUSR2) and shutdown (SIGTERM, SIGINT). Rules: nothing here decides *when* to
+start or stop an instance; that is the supervisor's. A ProtocolViolation closes
+that peer, never the broker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import logging
+import os
+import signal
+import socket
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from broker import starter
+from broker.cgroups import CgroupLayout
+from broker.children import Child, Children
+from broker.configs import ConfigCache
+from broker.daemon import Account, spawn_supervisor
+from broker.policy import parse_instance, plan_start
+from broker.ports import PortTable
+from broker.reexec import exec_self
+from protocol import messages as m
+from protocol.channel import Channel
+from protocol.errors import ChannelClosed, Denied, ProtocolViolation
+from protocol.fingerprint import fingerprint
+from protocol.loop import Loop
+from protocol.records import (
+    ChildInfo,
+    ChildState,
+    DenyCode,
+    InstanceStatus,
+    LastExit,
+    Pid,
+    ProcessStatus,
+    ResourceUsage,
+    Role,
+    SandboxStatus,
+)
+
+log = logging.getLogger(__name__)
+
+LITHOS_VERSION = "0.1.0"
+MAX_PENDING_EXITS = 100_000
+REEXEC_SIGNALS = (signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+SUPERVISOR_BACKOFF_S = (0.1, 0.5, 1.0, 2.0, 5.0, 10.0)
+SUPERVISOR_STABLE_S = 10.0  # a supervisor that lived this long resets the back-off
+# Signals the supervisor may ask for (the wire type already restricts the set).
+ALLOWED_SIGNALS = frozenset(
+    {signal.SIGTERM, signal.SIGKILL, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT,
+     signal.SIGUSR1, signal.SIGUSR2}
+)  # fmt: skip
+
+
+class Phase(enum.Enum):
+    NEW = "new"  # connected, no Hello yet
+    HELLO = "hello"  # Hello accepted
+    SNAPSHOT = "snapshot"  # supervisor has its snapshot, reconciling
+    READY = "ready"  # supervisor reconciled: exits go out as events
+
+
+@dataclass(slots=True)
+class Peer:
+    """One connection: the supervisor's socketpair or a control client."""
+
+    channel: Channel
+    role: Role
+    uid: int
+    phase: Phase = Phase.NEW
+
+
+@dataclass(slots=True)
+class History:
+    """What the broker remembers of an instance for lithos_ps."""
+
+    starts: int = 0
+    last_exit: LastExit | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Handler:
+    roles: frozenset[Role]
+    phases: frozenset[Phase]
+    run: Callable[[Broker, Peer, Any], m.Message]
+    root_only: bool = False
+
+
+@dataclass(slots=True)
+class Options:
+    master_path: Path
+    supervisor_account: Account
+    supervisor_args: list[str] = field(default_factory=list)
+    log_stderr: bool = False
+    started_at_wall: float = field(default_factory=time.time)
+
+
+class Broker:
+    """lithos_tree's state and event handlers; `run()` until shut down."""
+
+    def __init__(
+        self, configs: ConfigCache, options: Options, resume: dict[str, Any] | None
+    ) -> None:
+        self.configs = configs
+        self.master = configs.master
+        self.options = options
+        self.loop = Loop()
+        self.children = Children(self.master.runtime_dir / "children")
+        self.cgroups: CgroupLayout | None = None
+        self.history: dict[str, History] = {}
+        self.pending: deque[m.InstanceExited] = deque(maxlen=MAX_PENDING_EXITS)
+        self.peers: dict[int, Peer] = {}
+        self.supervisor: Peer | None = None
+        self.supervisor_pid: int | None = None
+        self.supervisor_started = 0.0
+        self.supervisor_failures = 0
+        self.shutting_down = False
+        self.started_mono = time.monotonic()
+        self.control: socket.socket | None = None
+        if resume is not None:
+            self.ports = PortTable.adopt(resume.get("ports", {}))
+            for raw in resume.get("pending_exits", []):
+                with contextlib.suppress(TypeError, ValueError):
+                    raw["rusage"] = ResourceUsage(**raw["rusage"])
+                    self.pending.append(m.InstanceExited(**raw))
+            self.supervisor_pid = resume.get("supervisor_pid")
+            self.options.started_at_wall = resume.get("started_at_wall", time.time())
+        else:
+            self.ports = PortTable()
+
+    # -- start-up ----------------------------------------------------------
+
+    def start(self, cgroups: CgroupLayout | None) -> None:
+        """Recovers children, opens the control socket, starts the supervisor."""
+        self.cgroups = cgroups
+        for child in self.children.recover():
+            log.info("%s: recovered (pid %d)", child.instance, child.pid)
+            self._watch_orphan(child)
+        # Sockets whose instances did not survive are closed (T-12).
+        for addr in self.ports.retain(c.instance for c in self.children):
+            log.info("Closing socket %s: no live instance uses it", addr)
+        self.loop.on_signal(signal.SIGCHLD, lambda _s: self.reap())
+        for signum in REEXEC_SIGNALS:
+            self.loop.on_signal(signum, lambda _s: self.reexec())
+        self.loop.on_signal(signal.SIGTERM, lambda _s: self.shutdown(signal_children=True))
+        self.loop.on_signal(signal.SIGINT, lambda _s: self.shutdown(signal_children=False))
+        self._open_control_socket()
+        self.reap()  # exits that happened while we were exec'ing
+        self.start_supervisor()
+
+    def _watch_orphan(self, child: Child) -> None:
+        if child.orphan_pidfd < 0:
+            return
+        fd = child.orphan_pidfd
+        self.loop.add_reader(fd, lambda: self._orphan_exited(child.pid, fd))
+
+    def _orphan_exited(self, pid: int, fd: int) -> None:
+        self.loop.remove_reader(fd)
+        # Not our child: the status went to whoever adopted it; record an
+        # abnormal exit (the knot's own death line is in the stdio log).
+        log.warning("pid %d exited while not our child; exit status unknown", pid)
+        self._child_exited(pid, exit_code=2, signum=None, core=False, rusage=None)
+
+    def _open_control_socket(self) -> None:
+        path = self.master.runtime_dir / "control.sock"
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_NONBLOCK)
+        sock.bind(str(path))
+        # Everyone may connect; what each uid may ask is decided per request
+        # (SO_PEERCRED): status for anyone, changes for root only.
+        os.chmod(path, 0o666)
+        sock.listen(64)
+        self.control = sock
+        self.loop.add_reader(sock.fileno(), self._accept_control)
+
+    def _accept_control(self) -> None:
+        assert self.control is not None
+        while True:
+            try:
+                conn, _ = self.control.accept()
+            except BlockingIOError:
+                return
+            channel = Channel(conn)
+            channel.setblocking(False)
+            creds = channel.peer_credentials()
+            self._add_peer(Peer(channel, Role.CONTROL, creds.uid))
+
+    def _add_peer(self, peer: Peer) -> None:
+        fd = peer.channel.fileno()
+        self.peers[fd] = peer
+        self.loop.add_reader(fd, lambda: self._on_readable(fd))
+
+    def _drop_peer(self, fd: int) -> None:
+        peer = self.peers.pop(fd, None)
+        if peer is None:
+            return
+        self.loop.remove_reader(fd)
+        peer.channel.close()
+        if peer is self.supervisor:
+            self.supervisor = None
+
+    # -- the supervisor process ---------------------------------------------
+
+    def start_supervisor(self) -> None:
+        if self.shutting_down or self.supervisor is not None:
+            return
+        stderr_fd = None
+        if not self.options.log_stderr:
+            try:
+                stderr_fd = os.open(
+                    self.master.log_file,
+                    os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
+                    0o644,
+                )
+            except OSError as e:
+                log.error("%s: opening for the supervisor's log: %s", self.master.log_file, e)
+        try:
+            pid, sock = spawn_supervisor(
+                self.options.supervisor_account,
+                self.options.master_path,
+                self.options.supervisor_args,
+                stderr_fd,
+            )
+        finally:
+            if stderr_fd is not None:
+                os.close(stderr_fd)
+        channel = Channel(sock)
+        channel.setblocking(False)
+        self.supervisor_pid = pid
+        self.supervisor_started = time.monotonic()
+        self.supervisor = Peer(channel, Role.SUPERVISOR, self.options.supervisor_account.uid)
+        self._add_peer(self.supervisor)
+        log.info("supervisor started (pid %d, user %s)", pid, self.options.supervisor_account.name)
+
+    def _supervisor_exited(self, status: str) -> None:
+        lived = time.monotonic() - self.supervisor_started
+        self.supervisor_pid = None
+        if self.supervisor is not None:
+            self._drop_peer(self.supervisor.channel.fileno())
+        if self.shutting_down:
+            self._maybe_finish_shutdown()
+            return
+        if lived >= SUPERVISOR_STABLE_S:
+            self.supervisor_failures = 0
+        delay = SUPERVISOR_BACKOFF_S[min(self.supervisor_failures, len(SUPERVISOR_BACKOFF_S) - 1)]
+        self.supervisor_failures += 1
+        log.warning("supervisor %s after %.1fs; restarting in %.1fs", status, lived, delay)
+        self.loop.call_later(delay, self.start_supervisor)
+
+    def reload(self) -> None:
+        """Re-reads every config: a fresh supervisor does it and reconciles."""
+        if self.supervisor_pid is not None:
+            log.info("reload: restarting the supervisor (pid %d)", self.supervisor_pid)
+            self.supervisor_failures = 0
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.supervisor_pid, signal.SIGTERM)
+        else:
+            self.start_supervisor()
+
+    # -- requests ------------------------------------------------------------
+
+    def _on_readable(self, fd: int) -> None:
+        peer = self.peers.get(fd)
+        if peer is None:
+            return
+        while True:
+            try:
+                received = peer.channel.try_recv()
+            except ChannelClosed:
+                self._drop_peer(fd)
+                return
+            except ProtocolViolation as e:
+                log.error("%s peer (uid %d): protocol violation: %s; closing",
+                          peer.role.value, peer.uid, e)  # fmt: skip
+                self._drop_peer(fd)
+                return
+            if received is None:
+                return
+            self._dispatch(peer, received.message, received.request_id, received.fds)
+            if fd not in self.peers:
+                return
+
+    def _dispatch(self, peer: Peer, msg: m.Message, request_id: int, fds: tuple[Any, ...]) -> None:
+        handler = HANDLERS.get(type(msg))
+        try:
+            try:
+                if handler is None or peer.role not in handler.roles:
+                    raise Denied(DenyCode.NOT_PERMITTED, f"{type(msg).__name__} is not for "
+                                 f"a {peer.role.value} connection")  # fmt: skip
+                if peer.phase not in handler.phases:
+                    raise Denied(DenyCode.WRONG_PHASE, f"{type(msg).__name__} in phase "
+                                 f"{peer.phase.value}")  # fmt: skip
+                if handler.root_only and peer.uid != 0:
+                    raise Denied(DenyCode.NOT_PERMITTED, f"{type(msg).__name__}: uid "
+                                 f"{peer.uid} is not root")  # fmt: skip
+                reply = handler.run(self, peer, msg)
+            except Denied as e:
+                log.warning("denied %s from %s (uid %d): %s", type(msg).__name__,
+                            peer.role.value, peer.uid, e.reason)  # fmt: skip
+                reply = m.RequestDenied(e.code, e.reason[:4000])
+            finally:
+                for fd in fds:
+                    fd.close()
+            self._send(peer, reply, request_id)
+        except (OSError, ChannelClosed):
+            self._drop_peer(peer.channel.fileno())
+
+    def _send(self, peer: Peer, msg: m.Message, request_id: int) -> None:
+        peer.channel.send(msg, request_id)
+
+    # handlers (each checks, then acts; Denied on refusal) -------------------
+
+    def h_hello(self, peer: Peer, msg: m.Hello) -> m.Message:
+        if msg.protocol_version != m.PROTOCOL_VERSION:
+            raise Denied(DenyCode.VERSION_MISMATCH, f"protocol version {msg.protocol_version}; "
+                         f"this broker speaks {m.PROTOCOL_VERSION}")  # fmt: skip
+        if msg.role is not peer.role:
+            raise Denied(DenyCode.NOT_PERMITTED, f"role {msg.role.value} on a "
+                         f"{peer.role.value} connection")  # fmt: skip
+        peer.phase = Phase.HELLO
+        return m.HelloOk(m.PROTOCOL_VERSION, Pid(os.getpid()), self.options.started_at_wall,
+                         LITHOS_VERSION)  # fmt: skip
+
+    def h_snapshot(self, peer: Peer, msg: m.GetSnapshot) -> m.Message:
+        children = tuple(
+            ChildInfo(
+                c.instance,
+                Pid(c.pid),
+                c.fingerprint,
+                c.started_at,
+                c.started_mono,
+                ChildState.RUNNING,
+            )  # fmt: skip
+            for c in self.children
+        )
+        pending = tuple(self.pending)
+        self.pending.clear()
+        peer.phase = Phase.SNAPSHOT
+        return m.Snapshot(children, pending)
+
+    def h_ready(self, peer: Peer, msg: m.SupervisorReady) -> m.Message:
+        peer.phase = Phase.READY
+        self.loop.call_later(0, self._flush_pending)
+        log.info("supervisor ready (%d children)", len(self.children))
+        return m.SupervisorReadyOk()
+
+    def h_start(self, peer: Peer, msg: m.StartInstance) -> m.Message:
+        if self.shutting_down:
+            raise Denied(DenyCode.WRONG_PHASE, "lithos_tree is shutting down")
+        name = parse_instance(msg.instance)
+        if self.children.by_name(msg.instance) is not None:
+            raise Denied(DenyCode.ALREADY_RUNNING, f"{msg.instance}: already running")
+        sandbox = self.configs.sandbox(name.sandbox)
+        processes = self.configs.processes(sandbox)
+        process = processes.get(name.process)
+        if process is None:
+            raise Denied(DenyCode.UNKNOWN_PROCESS, f"{msg.instance}: no process "
+                         f"{name.process!r} in sandbox {name.sandbox!r}")  # fmt: skip
+        container, data = self.configs.container(sandbox, process)
+        plan = plan_start(msg.instance, self.master, sandbox, processes, container)
+        expected = fingerprint(process, name.index, data)
+        if expected != msg.fingerprint:
+            raise Denied(DenyCode.FINGERPRINT_MISMATCH, f"{msg.instance}: the configs on disk "
+                         f"give fingerprint {expected}, not {msg.fingerprint}")  # fmt: skip
+        child = starter.start(plan, expected, self.ports, self.cgroups)
+        self.children.add(child)
+        self.history.setdefault(msg.instance, History()).starts += 1
+        log.info("Forked %s (pid: %d)", msg.instance, child.pid)
+        return m.StartInstanceOk(msg.instance, Pid(child.pid), child.started_at,
+                                 child.started_mono)  # fmt: skip
+
+    def h_signal(self, peer: Peer, msg: m.SignalInstance) -> m.Message:
+        child = self.children.by_name(msg.instance)
+        if child is None or child.pid != msg.pid:
+            raise Denied(DenyCode.STALE_PID, f"{msg.instance}: pid {msg.pid} is not its "
+                         "running knot")  # fmt: skip
+        signum = signal.Signals(msg.signal)
+        if signum not in ALLOWED_SIGNALS:
+            raise Denied(DenyCode.POLICY, f"signal {signum.name} may not be sent")
+        try:
+            os.kill(child.pid, signum)
+        except ProcessLookupError:
+            raise Denied(DenyCode.NOT_RUNNING, f"{msg.instance}: pid {msg.pid} is gone") from None
+        return m.SignalInstanceOk(msg.instance, msg.pid)
+
+    def h_cleanup(self, peer: Peer, msg: m.CleanUpInstance) -> m.Message:
+        name = parse_instance(msg.instance)
+        if self.children.by_name(msg.instance) is not None:
+            raise Denied(DenyCode.ALREADY_RUNNING, f"{msg.instance}: still running")
+        starter.remove_state_dir(
+            self.master.state_dir / name.sandbox / f"{name.process}.{name.index}"
+        )
+        if self.cgroups is not None and self.master.cgroup_name is not None:
+            group = f"{self.master.cgroup_name}/{name.sandbox}:{name.process}.{name.index}.scope"
+            with contextlib.suppress(Exception):
+                self.cgroups.handle(group).remove()
+        return m.CleanUpInstanceOk(msg.instance)
+
+    def h_status(self, peer: Peer, msg: m.GetStatus) -> m.Message:
+        return m.StatusTree(Pid(os.getpid()), time.monotonic() - self.started_mono,
+                            tuple(self._status()))  # fmt: skip
+
+    def h_reload(self, peer: Peer, msg: m.Reload) -> m.Message:
+        errors = []
+        for name in self.configs.sandbox_names():
+            try:
+                self.configs.processes(self.configs.sandbox(name))
+            except Denied as e:
+                errors.append(e.reason[:4000])
+        self.reload()
+        return m.ReloadOk(tuple(errors))
+
+    def _status(self) -> list[SandboxStatus]:
+        now = time.monotonic()
+        out = []
+        names = dict.fromkeys(self.configs.sandbox_names())
+        for child in self.children:
+            names.setdefault(child.instance.split("/", 1)[0])
+        for sb_name in sorted(names):
+            error = None
+            wanted: dict[str, int] = {}
+            try:
+                for pname, p in self.configs.processes(self.configs.sandbox(sb_name)).items():
+                    if p.kind.value == "Daemon":
+                        wanted[pname] = p.instances
+            except Denied as e:
+                error = e.reason[:4000]
+            per_process: dict[str, list[InstanceStatus]] = {p: [] for p in wanted}
+            seen: set[str] = set()
+            for child in self.children:
+                inst = parse_instance(child.instance)
+                if inst.sandbox != sb_name:
+                    continue
+                seen.add(child.instance)
+                hist = self.history.get(child.instance, History())
+                per_process.setdefault(inst.process, []).append(
+                    InstanceStatus(
+                        child.instance,
+                        ChildState.RUNNING,
+                        Pid(child.pid),
+                        max(0.0, now - child.started_mono),
+                        max(0, hist.starts - 1),
+                        hist.last_exit,
+                    )
+                )
+            for inst_name, hist in self.history.items():
+                if inst_name in seen or not inst_name.startswith(sb_name + "/"):
+                    continue
+                inst = parse_instance(inst_name)
+                per_process.setdefault(inst.process, []).append(InstanceStatus(
+                    inst_name, ChildState.EXITED, None, None, max(0, hist.starts - 1),
+                    hist.last_exit))  # fmt: skip
+            processes = tuple(
+                ProcessStatus(
+                    p, wanted.get(p, 0), tuple(sorted(v, key=lambda s: s.instance))
+                )  # fmt: skip
+                for p, v in sorted(per_process.items())
+            )
+            out.append(SandboxStatus(sb_name, error, processes))
+        return out
+
+    # -- children ------------------------------------------------------------
+
+    def reap(self) -> None:
+        """Reaps every exited child (SIGCHLD); a textbook waitpid loop."""
+        while True:
+            try:
+                pid, status, rusage = os.wait4(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            code = os.waitstatus_to_exitcode(status)
+            exit_code, signum = (code, None) if code >= 0 else (None, -code)
+            core = os.WIFSIGNALED(status) and os.WCOREDUMP(status)
+            if pid == self.supervisor_pid:
+                what = f"exited with code {exit_code}" if signum is None else \
+                    f"killed by signal {signal.Signals(signum).name}"  # fmt: skip
+                self._supervisor_exited(what)
+                continue
+            usage = ResourceUsage(rusage.ru_utime, rusage.ru_stime, max(0, rusage.ru_maxrss))
+            if self.children.by_pid(pid) is None:
+                log.debug("Unknown process %d exited (%s)", pid, code)
+                continue
+            self._child_exited(pid, exit_code, signum, core, usage)
+
+    def _child_exited(
+        self,
+        pid: int,
+        exit_code: int | None,
+        signum: int | None,
+        core: bool,
+        rusage: ResourceUsage | None,
+    ) -> None:
+        child = self.children.remove(pid)
+        if child is None:
+            return
+        starter.clean_up(child, self.ports, self.cgroups)
+        run_time = max(0.0, time.monotonic() - child.started_mono)
+        status = f"exited with code {exit_code}" if signum is None else \
+            f"killed by signal {signal.Signals(signum).name}"  # fmt: skip
+        log.info("Container %s (pid: %d) %s after %.1fs", child.instance, pid, status, run_time)
+        self.history.setdefault(child.instance, History()).last_exit = LastExit(
+            exit_code, signum, core, time.time()
+        )
+        event = m.InstanceExited(child.instance, Pid(pid), exit_code, signum, core,
+                                 rusage or ResourceUsage(0.0, 0.0, 0), run_time)  # fmt: skip
+        sup = self.supervisor
+        if sup is not None and sup.phase is Phase.READY and not self.pending:
+            try:
+                self._send(sup, event, 0)
+            except (OSError, ChannelClosed):
+                self.pending.append(event)
+        else:
+            self.pending.append(event)
+        if self.shutting_down:
+            self._maybe_finish_shutdown()
+
+    def _flush_pending(self) -> None:
+        sup = self.supervisor
+        while self.pending and sup is not None and sup.phase is Phase.READY:
+            try:
+                self._send(sup, self.pending[0], 0)
+            except (OSError, ChannelClosed):
+                return
+            self.pending.popleft()
+
+    # -- re-exec and shutdown --------------------------------------------------
+
+    def reexec(self) -> None:
+        """T-1, E-17: exec ourselves in place; children and sockets are kept."""
+        log.warning("re-executing lithos_tree (pid %d stays)", os.getpid())
+        sup_pid = self.supervisor_pid
+        for fd in list(self.peers):
+            self._drop_peer(fd)  # the supervisor sees EOF and exits; a new one comes
+        if self.control is not None:
+            self.control.close()
+        self.ports.prepare_for_exec()
+        state = {
+            "ports": self.ports.export(),
+            "pending_exits": [asdict(e) for e in self.pending],
+            "supervisor_pid": sup_pid,
+            "started_at_wall": self.options.started_at_wall,
+        }
+        self.loop.close()
+        try:
+            exec_self(state, keep_fds=[])
+        except OSError as e:  # pragma: no cover - exec of our own interpreter failed
+            log.error("re-exec failed: %s; carrying on", e)
+            self.ports.exec_failed()
+
+    def shutdown(self, *, signal_children: bool) -> None:
+        """T-38 (SIGTERM: stop every container) and T-39 (SIGINT: the terminal did)."""
+        if not self.shutting_down:
+            log.warning("shutting down (%d containers)", len(self.children))
+        self.shutting_down = True
+        if self.supervisor_pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.supervisor_pid, signal.SIGTERM)
+        if signal_children:
+            longest = 0.0
+            for child in self.children:
+                longest = max(longest, child.kill_timeout_s)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child.pid, signal.SIGTERM)
+            # Knots enforce kill-timeout themselves (K-41); this is the backstop.
+            self.loop.call_later(longest + 5.0, self._kill_stragglers)
+        self._maybe_finish_shutdown()
+
+    def _kill_stragglers(self) -> None:
+        for child in self.children:
+            log.warning("%s: still alive after kill-timeout; SIGKILL", child.instance)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child.pid, signal.SIGKILL)
+
+    def _maybe_finish_shutdown(self) -> None:
+        if self.shutting_down and len(self.children) == 0 and self.supervisor_pid is None:
+            self.loop.stop()
+
+    def run(self) -> None:
+        self.loop.run()
+
+    def close(self) -> None:
+        for fd in list(self.peers):
+            self._drop_peer(fd)
+        if self.control is not None:
+            self.control.close()
+            with contextlib.suppress(OSError):
+                (self.master.runtime_dir / "control.sock").unlink()
+        self.ports.close()
+        self.loop.close()
+
+
+_ANY = frozenset(Phase)
+_AFTER_SNAPSHOT = frozenset({Phase.SNAPSHOT, Phase.READY})
+_SUP = frozenset({Role.SUPERVISOR})
+_CTL = frozenset({Role.CONTROL})
+HANDLERS: dict[type[m.Message], Handler] = {
+    m.Hello: Handler(frozenset({Role.SUPERVISOR, Role.CONTROL}), frozenset({Phase.NEW}),
+                     Broker.h_hello),
+    m.GetSnapshot: Handler(_SUP, frozenset({Phase.HELLO}), Broker.h_snapshot),
+    m.SupervisorReady: Handler(_SUP, frozenset({Phase.SNAPSHOT}), Broker.h_ready),
+    m.StartInstance: Handler(_SUP, _AFTER_SNAPSHOT, Broker.h_start),
+    m.SignalInstance: Handler(_SUP, _AFTER_SNAPSHOT, Broker.h_signal),
+    m.CleanUpInstance: Handler(_SUP, _AFTER_SNAPSHOT, Broker.h_cleanup),
+    m.GetStatus: Handler(_CTL, frozenset({Phase.HELLO}), Broker.h_status),
+    m.Reload: Handler(_CTL, frozenset({Phase.HELLO}), Broker.h_reload, root_only=True),
+}  # fmt: skip

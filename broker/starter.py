@@ -1,0 +1,116 @@
+"""Carrying out a StartPlan, and undoing it when a container ends.
+
+Owns the order of the kernel work of one start: sockets, cgroup and limits,
+stdio log, state dir, fork of the knot, joining the cgroup. Rules: the plan was
+checked by broker/policy.py; nothing here decides. A failure part-way undoes
+what was done (no socket kept, no cgroup or state dir left) and raises Denied
+with code RESOURCE naming the object and the errno.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from broker.cgroups import CgroupError, CgroupHandle, CgroupLayout
+from broker.children import Child, new_child
+from broker.policy import StartPlan
+from broker.ports import PortError, PortTable, SocketSettings
+from knot.spawn import spawn_knot
+from protocol.errors import Denied
+from protocol.records import DenyCode
+from protocol.stdiolog import StdioLogError, open_stdio_log
+
+log = logging.getLogger(__name__)
+
+
+def _errname(e: OSError) -> str:
+    return errno.errorcode.get(e.errno or 0, str(e.errno))
+
+
+def start(
+    plan: StartPlan,
+    fingerprint: str,
+    ports: PortTable,
+    cgroups: CgroupLayout | None,
+    *,
+    detach_from_broker: bool = True,
+) -> Child:
+    """Forks the knot of `plan`; returns its Child. Raises: Denied(RESOURCE)."""
+    name = plan.name
+    fds: dict[int, int] = {}
+    group: CgroupHandle | None = None
+    log_fd = -1
+    try:
+        for req in plan.ports:
+            s = req.settings
+            settings = SocketSettings(s.reuse_addr, s.reuse_port, s.set_non_block, s.listen_backlog)
+            fds[req.fd] = ports.acquire(name, req.host, req.port, settings)
+        if cgroups is not None and plan.cgroup is not None:
+            group = cgroups.create(plan.cgroup)
+            group.set_limits(plan.memory_limit, plan.cpu_shares)
+        log_fd = open_stdio_log(plan.stdio_log.parent, plan.stdio_log.stem)
+        plan.state_dir.mkdir(parents=True, exist_ok=True)
+        null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            pid = spawn_knot(
+                plan.spec,
+                inherited_fds=fds,
+                stdin=null,
+                stdout=log_fd,
+                stderr=log_fd,
+                stdio_log=log_fd,
+                pdeathsig=not detach_from_broker,
+            )
+        finally:
+            os.close(null)
+        if group is not None:
+            try:
+                group.add(pid)
+            except CgroupError as e:  # the knot runs; limits are not applied
+                log.error("%s: joining cgroup %s: %s", name, plan.cgroup, e)
+    except (PortError, CgroupError, StdioLogError, OSError, ValueError) as e:
+        ports.release(name)
+        if group is not None:
+            with contextlib.suppress(CgroupError):
+                group.remove()
+        remove_state_dir(plan.state_dir)
+        what = f"{_errname(e)} ({e.strerror})" if isinstance(e, OSError) and e.errno else str(e)
+        raise Denied(DenyCode.RESOURCE, f"{name}: starting: {what}") from None
+    finally:
+        if log_fd >= 0:
+            os.close(log_fd)
+    addresses = [(req.host, req.port) for req in plan.ports]
+    child = new_child(name, pid, fingerprint, plan.cgroup, addresses)
+    child.kill_timeout_s = plan.spec.kill_timeout_s
+    child.state_dir = str(plan.state_dir)
+    return child
+
+
+def remove_state_dir(path: Path) -> None:
+    """E-30: the state dir goes with its container (a missing one is fine)."""
+    try:
+        shutil.rmtree(path)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        log.warning("%s: removing state dir: %s", path, _errname(e))
+    parent = path.parent
+    with contextlib.suppress(OSError):
+        parent.rmdir()  # the sandbox's dir, once empty
+
+
+def clean_up(child: Child, ports: PortTable, cgroups: CgroupLayout | None) -> None:
+    """What a container leaves when it ends: its sockets, cgroup and state dir."""
+    ports.release(child.instance)
+    if cgroups is not None and child.cgroup is not None:
+        try:
+            cgroups.handle(child.cgroup).remove()
+        except CgroupError as e:
+            log.warning("%s: %s", child.instance, e)
+    if child.state_dir:
+        remove_state_dir(Path(child.state_dir))

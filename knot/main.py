@@ -1,0 +1,177 @@
+"""lithos_knot: pid 1 of one container. Builds it in a straight line, then waits.
+
+Usage (made by knot.spawn, never by hand):
+    lithos_knot --name SANDBOX/PROCESS.N --spec-fd N [--log-fd N]
+The spec (knot.spec.KnotSpec as JSON) is read from --spec-fd; the stdio log, if
+any, is --log-fd. The inherited tcp fds already sit at their numbers.
+
+Rules (STYLE P7): every setup step goes through step(), which turns an error
+into ONE line on stderr naming the step, the path and the config key, and exits
+EXIT_SETUP_FAILED. No classes with state, no threads, no retries, no logging
+framework. The order is the original's (K-5..K-23, K-50..K-53), except that
+pivot_root happens once, here, before the service is forked (so that
+restart-process-only can fork again: K-45). Everything imported after
+pivot_root must already be loaded: the host's Python library is gone then.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import resource
+import signal
+from collections.abc import Callable
+from typing import NoReturn, TypeVar
+
+from knot import service, setup
+from knot.exitcodes import EXIT_SETUP_FAILED
+from knot.spec import KnotSpec, SpecError
+
+T = TypeVar("T")
+
+
+def fail(name: str, text: str) -> NoReturn:
+    """One line on stderr, then exit EXIT_SETUP_FAILED."""
+    os.write(2, f"knot[{name}]: {text}\n".encode(errors="replace"))
+    os._exit(EXIT_SETUP_FAILED)
+
+
+def step(spec: KnotSpec, label: str, key: str, fn: Callable[..., T], *args: object) -> T:
+    """Runs one setup step; an error becomes one line naming step, path and key."""
+    try:
+        return fn(*args)
+    except OSError as e:
+        path = f"{e.filename}: " if e.filename else ""
+        code = errno.errorcode.get(e.errno or 0, str(e.errno))
+        detail = f"{path}{code} ({e.strerror})"
+    except setup.SetupError as e:
+        detail = str(e)
+    where = f" ({key} in {spec.container_config})" if key else ""
+    fail(spec.name, f"{label}: {detail}{where}")
+
+
+def parse_args(argv: list[str]) -> tuple[str, int, int | None]:
+    """--name NAME --spec-fd N [--log-fd N]; anything else is a usage error."""
+    values: dict[str, str] = {}
+    it = iter(argv)
+    for flag in it:
+        if flag not in ("--name", "--spec-fd", "--log-fd") or flag in values:
+            fail("?", f"usage: unexpected argument {flag!r} "
+                      "(lithos_knot --name NAME --spec-fd N [--log-fd N])")
+        value = next(it, None)
+        if value is None:
+            fail("?", f"usage: {flag} needs a value")
+        values[flag] = value
+    if "--name" not in values or "--spec-fd" not in values:
+        fail("?", "usage: lithos_knot --name NAME --spec-fd N [--log-fd N]")
+    try:
+        spec_fd = int(values["--spec-fd"])
+        log_fd = int(values["--log-fd"]) if "--log-fd" in values else None
+    except ValueError:
+        fail(values["--name"], "usage: --spec-fd and --log-fd take fd numbers")
+    return values["--name"], spec_fd, log_fd
+
+
+def read_spec(name: str, spec_fd: int) -> KnotSpec:
+    """Reads the whole spec from its fd (a memfd or a pipe), then closes it."""
+    chunks = []
+    try:
+        offset = 0
+        while chunk := os.pread(spec_fd, 65536, offset):
+            chunks.append(chunk)
+            offset += len(chunk)
+    except OSError as e:
+        if e.errno != errno.ESPIPE:
+            fail(name, f"read spec: fd {spec_fd}: {errno.errorcode.get(e.errno or 0)}")
+        while chunk := os.read(spec_fd, 65536):  # a pipe
+            chunks.append(chunk)
+    os.close(spec_fd)
+    try:
+        spec = KnotSpec.from_json(b"".join(chunks))
+    except SpecError as e:
+        fail(name, str(e))
+    if spec.name != name:
+        fail(name, f"knot spec: name {spec.name!r} does not match --name {name!r}")
+    return spec
+
+
+def decrypt_secrets(spec: KnotSpec) -> dict[str, str]:
+    """K-21, K-24..K-26, through protocol.secrets (imported here: only knots with secrets pay)."""
+    assert spec.secrets is not None
+    import importlib
+
+    # Imported by name: protocol.secrets may not exist yet where this is type-checked.
+    lithos_secrets = importlib.import_module("protocol.secrets")
+
+    conf = spec.secrets
+    try:
+        keys = lithos_secrets.load_private_keys(conf.key_file)
+        if conf.environ_file is not None:
+            encrypted = _read_secret_file(setup.inside(spec.mount_dir, conf.environ_file))
+        else:
+            encrypted = {name: list(values) for name, values in conf.environ}
+        return dict(lithos_secrets.decrypt_environ(encrypted, keys, list(conf.namespaces)))
+    except lithos_secrets.SecretError as e:
+        raise setup.SetupError(f"Error decoding secrets: {e}") from None
+
+
+def _read_secret_file(path: str) -> dict[str, str | list[str]]:
+    import yaml
+
+    with open(path, "rb") as f:
+        data = yaml.load(f, Loader=yaml.SafeLoader)
+    if not isinstance(data, dict) or not all(
+            isinstance(k, str) and (isinstance(v, str) or (
+                isinstance(v, list) and all(isinstance(x, str) for x in v)))
+            for k, v in data.items()):
+        raise setup.SetupError(f"{path}: must be a mapping of name to a string "
+                               "or a list of strings")
+    return data
+
+
+def build_environ(spec: KnotSpec, secrets: dict[str, str]) -> dict[str, str]:
+    """K-50, E-21: TERM, environ, secrets over environ, then LITHOS_NAME, LITHOS_CONFIG."""
+    env = {"TERM": os.environ.get("TERM", "dumb")}
+    env.update(spec.environ)
+    env.update(secrets)
+    env["LITHOS_NAME"] = spec.name
+    env["LITHOS_CONFIG"] = spec.config_filename
+    return env
+
+
+def set_fileno_limit(limit: int) -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+
+def main(argv: list[str] | None = None) -> int:
+    # K-40: the spawner blocked these before exec; block again for a knot run by hand.
+    signal.pthread_sigmask(signal.SIG_BLOCK, service.WAITED_SIGNALS)
+    import sys
+
+    name, spec_fd, log_fd = parse_args(sys.argv[1:] if argv is None else argv)
+    spec = read_spec(name, spec_fd)
+    mnt = spec.mount_dir
+    step(spec, "make / private", "", setup.make_root_private)
+    step(spec, "bind image read-only", "image", setup.bind_image, spec.image_root, mnt)
+    step(spec, "state dir", "state-dir", setup.make_state_dir, spec.state_dir)
+    resolv = step(spec, "error preparing resolv.conf", "resolv-conf",
+                  setup.write_resolv_conf, spec.resolv_conf, spec.state_dir)
+    hosts = step(spec, "error preparing hosts", "hosts-file",
+                 setup.write_hosts, spec.hosts_file, spec.state_dir)
+    step(spec, "mount /dev, /sys, /proc", "devfs-dir", setup.mount_dev, spec.devfs_dir, mnt)
+    for vol in spec.volumes:
+        step(spec, f"mount {vol.kind.value} volume", f'volumes: "{vol.target}"',
+             setup.mount_volume, vol, mnt)
+    step(spec, "mount /etc/resolv.conf", "resolv-conf", setup.mount_etc_file,
+         os.path.join(spec.state_dir, "resolv.conf") if resolv else None, mnt,
+         "resolv.conf", spec.resolv_conf.mount)
+    step(spec, "mount /etc/hosts", "hosts-file", setup.mount_etc_file,
+         os.path.join(spec.state_dir, "hosts") if hosts else None, mnt,
+         "hosts", spec.hosts_file.mount)
+    secrets = {}
+    if spec.secrets is not None:
+        secrets = step(spec, "decrypt secrets", "secret-environ", decrypt_secrets, spec)
+    environ = build_environ(spec, secrets)
+    step(spec, "set limits", "fileno-limit", set_fileno_limit, spec.fileno_limit)
+    step(spec, "pivot_root", "image", setup.pivot, mnt)
+    return service.supervise(spec, environ, log_fd)

@@ -1,0 +1,241 @@
+"""The supervisor process: the clock, the channel, and the execution of actions.
+
+Owns the only impure part of supervisor/: it reads time.monotonic(), talks to
+the broker over the inherited socketpair, and turns wire messages into
+lifecycle events and lifecycle actions into requests. Every decision is in
+lifecycle.py and plan.py. Rules: runs as the unprivileged supervisor-user with
+no capabilities; touches no kernel resource; on a broken channel it exits and
+the broker starts a fresh one, which takes over from the broker's snapshot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import logging
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from protocol import messages as m
+from protocol.channel import Channel
+from protocol.config import ConfigError, MasterConfig, load_master
+from protocol.errors import ChannelClosed, ProtocolViolation
+from protocol.logs import resolve_level, setup_logging
+from protocol.loop import Loop
+from protocol.records import Pid as RecordPid
+from protocol.records import Role
+from supervisor import plan as pl
+from supervisor.desired import load_desired
+from supervisor.events import (
+    Action,
+    CleanUp,
+    Event,
+    Exited,
+    ExitStatus,
+    Pid,
+    Signal,
+    Spawn,
+    Started,
+    StartRefused,
+    TimerFired,
+    WakeAt,
+)
+from supervisor.lifecycle import Instance, State, step
+from supervisor.privileges import drop_privileges
+
+log = logging.getLogger("supervisor")
+
+
+@dataclass(slots=True)
+class Pending:
+    """A request in flight and what to do with its reply."""
+
+    on_reply: Callable[[m.Message], None]
+
+
+class Supervisor:
+    def __init__(self, master: MasterConfig, channel: Channel) -> None:
+        self.master = master
+        self.channel = channel
+        self.loop = Loop()
+        self.instances: dict[str, Instance] = {}
+        self.pending: dict[int, Pending] = {}
+        self.ids = itertools.count(1)
+        self.ready = False
+
+    # -- requests --------------------------------------------------------
+
+    def request(self, msg: m.Message, on_reply: Callable[[m.Message], None]) -> None:
+        request_id = next(self.ids)
+        self.pending[request_id] = Pending(on_reply)
+        self.channel.send(msg, request_id)
+
+    def call(self, msg: m.Message) -> m.Message:
+        """A blocking request, used only before the loop runs (handshake)."""
+        request_id = next(self.ids)
+        self.channel.send(msg, request_id)
+        while True:
+            got = self.channel.recv()
+            if got.request_id == request_id:
+                return got.message
+            if isinstance(got.message, m.InstanceExited):  # cannot happen before Ready
+                log.warning("early event ignored: %s", got.message)
+
+    # -- the machines --------------------------------------------------------
+
+    def feed(self, name: str, event: Event) -> None:
+        inst = self.instances.get(name)
+        if inst is None:
+            log.debug("%s: %s for an unknown instance ignored", name, type(event).__name__)
+            return
+        t = step(inst, event)
+        self.instances[name] = t.instance
+        if t.log is not None:
+            log.log(t.log.level, t.log.fmt, *t.log.args)
+        self.execute(t.actions)
+
+    def execute(self, actions: tuple[Action, ...] | list[Action]) -> None:
+        for action in actions:
+            match action:
+                case Spawn(instance=name, fingerprint=fp):
+                    self.request(m.StartInstance(name, fp), self._on_start_reply(name))
+                case Signal(instance=name, pid=pid, signum=signum):
+                    self.request(
+                        m.SignalInstance(name, RecordPid(pid), signal.Signals(signum)),
+                        self._on_signal_reply(name),
+                    )
+                case WakeAt(instance=name, deadline=deadline):
+                    self.loop.call_at(deadline, self._waker(name))
+                case CleanUp(instance=name):
+                    self.request(m.CleanUpInstance(name), self._on_cleanup_reply(name))
+
+    def _waker(self, name: str) -> Callable[[], None]:
+        return lambda: self.feed(name, TimerFired(time.monotonic()))
+
+    def _on_start_reply(self, name: str) -> Callable[[m.Message], None]:
+        def on_reply(reply: m.Message) -> None:
+            now = time.monotonic()
+            if isinstance(reply, m.StartInstanceOk):
+                self.feed(name, Started(Pid(reply.pid), now))
+            elif isinstance(reply, m.RequestDenied):
+                self.feed(name, StartRefused(f"{reply.code.value}: {reply.reason}", now))
+
+        return on_reply
+
+    def _on_signal_reply(self, name: str) -> Callable[[m.Message], None]:
+        def on_reply(reply: m.Message) -> None:
+            if isinstance(reply, m.RequestDenied):
+                log.info("%s: signal refused: %s", name, reply.reason)
+
+        return on_reply
+
+    def _on_cleanup_reply(self, name: str) -> Callable[[m.Message], None]:
+        def on_reply(reply: m.Message) -> None:
+            if isinstance(reply, m.RequestDenied):
+                log.info("%s: clean-up refused: %s", name, reply.reason)
+
+        return on_reply
+
+    # -- start-up and loop ---------------------------------------------------
+
+    def take_over(self) -> None:
+        """Handshake, snapshot, first reconciliation, then Ready."""
+        hello = self.call(m.Hello(m.PROTOCOL_VERSION, Role.SUPERVISOR))
+        if not isinstance(hello, m.HelloOk):
+            raise SystemExit(f"supervisor: broker refused hello: {hello}")
+        snap = self.call(m.GetSnapshot())
+        if not isinstance(snap, m.Snapshot):
+            raise SystemExit(f"supervisor: no snapshot: {snap}")
+        snapshot = pl.Snapshot(
+            children=tuple(
+                pl.Child(c.instance, Pid(c.pid), c.fingerprint, c.started_at_monotonic)
+                for c in snap.children
+            ),
+            missed_exits=tuple(
+                pl.MissedExit(e.instance, Pid(e.pid), ExitStatus(e.exit_code, e.signal))
+                for e in snap.pending_exits
+            ),
+        )
+        desired = load_desired(self.master)
+        now = time.monotonic()
+        result = pl.reconcile(desired.instances, desired.failures, {}, now, snapshot=snapshot)
+        self.instances = dict(result.instances)
+        for s in result.steps:
+            if s.transition.log is not None:
+                line = s.transition.log
+                log.log(line.level, line.fmt, *line.args)
+        for change in result.changes:
+            log.info("%s", change)
+        self.channel.setblocking(False)
+        self.loop.add_reader(self.channel.fileno(), self.on_readable)
+        self.execute(result.actions)
+        self.request(m.SupervisorReady(), lambda _r: self._ready(len(desired.instances)))
+
+    def _ready(self, wanted: int) -> None:
+        self.ready = True
+        running = sum(1 for i in self.instances.values() if i.state is State.RUNNING)
+        log.info("supervisor ready: %d instances wanted, %d running", wanted, running)
+
+    def on_readable(self) -> None:
+        while True:
+            try:
+                got = self.channel.try_recv()
+            except (ChannelClosed, ProtocolViolation) as e:
+                log.warning("supervisor: broker channel closed (%s); exiting", e)
+                self.loop.stop()
+                return
+            if got is None:
+                return
+            for fd in got.fds:
+                fd.close()
+            msg = got.message
+            if isinstance(msg, m.InstanceExited):
+                status = ExitStatus(msg.exit_code, msg.signal)
+                self.feed(msg.instance, Exited(Pid(msg.pid), status, time.monotonic()))
+                continue
+            pending = self.pending.pop(got.request_id, None)
+            if pending is not None:
+                pending.on_reply(msg)
+
+    def run(self) -> None:
+        self.loop.on_signal(signal.SIGTERM, lambda _s: self.loop.stop())
+        self.loop.on_signal(signal.SIGINT, lambda _s: self.loop.stop())
+        self.take_over()
+        self.loop.run()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="lithos-supervisor")
+    p.add_argument("--config", required=True)
+    p.add_argument("--fd", type=int, required=True, help="the broker's socketpair end")
+    p.add_argument("--log-stderr", action="store_true")
+    p.add_argument("--log-level")
+    p.add_argument("--user", help="UID:GID to drop to before reading anything")
+    args = p.parse_args(argv)
+    if args.user:
+        uid, gid = (int(x) for x in args.user.split(":"))
+        drop_privileges(uid, gid)
+    try:
+        master = load_master(args.config)
+    except ConfigError as e:
+        print(f"supervisor: Fatal error: {e}", file=sys.stderr)
+        return 1
+    level = resolve_level(args.log_level, None, master.log_level.value)
+    # The broker hands us its log as stderr: we may not open root's files.
+    setup_logging(log_file=None, level=level, log_stderr=True, syslog_facility=None,
+                  syslog_ident=master.syslog_app_name)  # fmt: skip
+    channel = Channel.from_fileno(args.fd)
+    sup = Supervisor(master, channel)
+    try:
+        sup.run()
+    except (ChannelClosed, OSError) as e:
+        log.warning("supervisor: %s; exiting", e)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
