@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 from bench.env import PAYLOAD_HOLD, PAYLOAD_ONCE, BenchEnv, children, comm
@@ -240,14 +241,14 @@ class LithosKnot(Contender):
 
         e = self.env
         if self.base is None:
-            devfs = e.tmp / "devfs"
+            self.state = Path(tempfile.mkdtemp(prefix="knot-", dir=e.tmp))
+            devfs = self.state / "dev"
             mkdev.make_devfs(str(devfs))
-            (e.tmp / "state").mkdir()
             self.base = KnotSpec(
                 name="bench/svc.0", kind=Kind.DAEMON,
                 container_config=str(e.image / "config.yaml"),
                 config_filename="/etc/lithos/processes/bench.yaml",
-                image_root=str(e.image), mount_dir=str(e.mnt), state_dir=str(e.tmp / "state"),
+                image_root=str(e.image), mount_dir=str(e.mnt), state_dir=str(self.state / "0"),
                 devfs_dir=str(devfs),
                 volumes=(Volume(kind=VolumeKind.TMPFS, target="/data", source=None,
                                 size_bytes=16 << 20, mode=0o777),),
@@ -262,11 +263,10 @@ class LithosKnot(Contender):
                 restart_process_only=False, normal_exit_codes=())
 
     def _spec(self, hold: bool, restart: bool) -> object:
-        e = self.env
         self.count += 1
         name = f"bench/svc.{self.count}"
         return dataclasses.replace(
-            self.base, name=name, state_dir=str(e.tmp / "state" / str(self.count)),  # type: ignore[type-var]
+            self.base, name=name, state_dir=str(self.state / str(self.count)),  # type: ignore[type-var]
             executable=payload(hold), argv=(payload(hold),), restart_process_only=restart)
 
     def _spawn(self, spec: object) -> int:
@@ -283,4 +283,27 @@ class LithosKnot(Contender):
         return self._spawn(self._spec(True, restart=True))
 
 
-ALL: tuple[type[Contender], ...] = (CFloor, LithosKnot, Unshare, Bwrap, Crun)
+class LithosKnotNoSite(LithosKnot):
+    """What-if: the same knot, its interpreter started with -S (no site module, so
+    no .pth file runs). knot.spawn.knot_argv is wrapped for the call only; the
+    knot's code is unchanged. Secrets (PyNaCl, in site-packages) would not import."""
+
+    name = "lithos -S"
+
+    def _spawn(self, spec: object) -> int:
+        import knot.spawn
+
+        plain = knot.spawn.knot_argv
+
+        def with_s(*args: object, **kwargs: object) -> list[str]:
+            argv = plain(*args, **kwargs)  # type: ignore[arg-type]
+            return [argv[0], "-S", *argv[1:]]
+
+        knot.spawn.knot_argv = with_s  # type: ignore[assignment]
+        try:
+            return super()._spawn(spec)
+        finally:
+            knot.spawn.knot_argv = plain
+
+
+ALL: tuple[type[Contender], ...] = (CFloor, LithosKnot, LithosKnotNoSite, Unshare, Bwrap, Crun)

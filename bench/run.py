@@ -18,14 +18,15 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 
 from bench import measure
 from bench.contenders import ALL, Contender
 from bench.env import BenchEnv, BenchError
 
 MEASUREMENTS = ("spawn", "many", "memory", "restart")
-KEYS = {"floor": "C floor", "lithos": "lithos", "unshare": "unshare", "bwrap": "bwrap",
-        "crun": "crun"}
+KEYS = {"floor": "C floor", "lithos": "lithos", "lithos-S": "lithos -S", "unshare": "unshare",
+        "bwrap": "bwrap", "crun": "crun"}
 CRUN_MANY_MAX = 100  # crun is slow to start in bulk; larger N only for the others
 
 
@@ -42,6 +43,17 @@ def machine_facts() -> list[str]:
             f"unshare: {_version(['unshare', '--version'])}; "
             f"bwrap: {_version(['bwrap', '--version'])}; crun: {_version(['crun', '--version'])}",
             f"load average before the run: {_load()}"]
+
+
+def python_startup_ms(flags: list[str], samples: int = 11) -> float:
+    """Median wall time of `python3 FLAGS -c pass`: what every Python knot pays first."""
+    times = []
+    for _ in range(samples):
+        t0 = time.perf_counter_ns()
+        pid = os.posix_spawn(sys.executable, [sys.executable, *flags, "-c", "pass"], {})
+        os.waitpid(pid, 0)
+        times.append((time.perf_counter_ns() - t0) / 1e6)
+    return measure.Result(times).median or 0.0
 
 
 def install_peers() -> None:
@@ -130,8 +142,15 @@ def run(args: argparse.Namespace) -> int:
             if why:
                 print(f"- skipped: {why}")
                 continue
-            c.prepare()
+            try:
+                c.prepare()
+            except (OSError, subprocess.SubprocessError, ImportError) as err:
+                print(f"- skipped: {c.name}: preparing it failed: {err}")
+                continue
             contenders.append(c)
+        if "spawn" in only and any(c.name.startswith("lithos") for c in contenders):
+            print(f"- python3 start to exit (`-c pass`): {python_startup_ms([]):.1f} ms; "
+                  f"with -S (no site, no .pth files): {python_startup_ms(['-S']):.1f} ms")
         if "spawn" in only:
             results = measure.spawn_latency(env, list(contenders), samples)
             table(f"Spawn latency: start request -> first instruction ({samples} samples, "
@@ -153,7 +172,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 RESTART_NOTES = {"C floor": "pid 1 is a C loop: fork, exec, wait, again",
-                 "lithos": "knot restart-process-only, restart-timeout 0"}
+                 "lithos": "knot restart-process-only, restart-timeout 0",
+                 "lithos -S": "knot restart-process-only, restart-timeout 0"}
 
 
 def _load() -> str:
