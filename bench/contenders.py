@@ -19,6 +19,10 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # knot may be absent on a branch: imported where used
+    from knot.spec import KnotSpec
 
 from bench.env import PAYLOAD_HOLD, PAYLOAD_ONCE, BenchEnv, children, comm
 
@@ -226,7 +230,7 @@ class LithosKnot(Contender):
     def __init__(self, env: BenchEnv) -> None:
         super().__init__(env)
         self.count = 0
-        self.base: object = None
+        self.base: KnotSpec | None = None
 
     def missing(self) -> str | None:
         try:
@@ -262,18 +266,19 @@ class LithosKnot(Contender):
                 stdout_stderr_file=None, kill_timeout_s=5, restart_timeout_s=0,
                 restart_process_only=False, normal_exit_codes=())
 
-    def _spec(self, hold: bool, restart: bool) -> object:
+    def _spec(self, hold: bool, restart: bool) -> KnotSpec:
+        assert self.base is not None, "prepare() first"
         self.count += 1
         name = f"bench/svc.{self.count}"
         return dataclasses.replace(
-            self.base, name=name, state_dir=str(self.state / str(self.count)),  # type: ignore[type-var]
+            self.base, name=name, state_dir=str(self.state / str(self.count)),
             executable=payload(hold), argv=(payload(hold),), restart_process_only=restart)
 
-    def _spawn(self, spec: object) -> int:
+    def _spawn(self, spec: KnotSpec) -> int:
         from knot.spawn import spawn_knot
 
         e = self.env
-        return spawn_knot(spec, inherited_fds={3: e.ready_w}, stdin=e.null,  # type: ignore[arg-type]
+        return spawn_knot(spec, inherited_fds={3: e.ready_w}, stdin=e.null,
                           stdout=e.errlog, stderr=e.errlog)
 
     def start_one(self, hold: bool) -> None:
@@ -290,16 +295,16 @@ class LithosKnotNoSite(LithosKnot):
 
     name = "lithos -S"
 
-    def _spawn(self, spec: object) -> int:
+    def _spawn(self, spec: KnotSpec) -> int:
         import knot.spawn
 
         plain = knot.spawn.knot_argv
 
-        def with_s(*args: object, **kwargs: object) -> list[str]:
-            argv = plain(*args, **kwargs)  # type: ignore[arg-type]
+        def with_s(name: str, spec_fd: int, log_fd: int | None) -> list[str]:
+            argv = plain(name, spec_fd, log_fd)
             return [argv[0], "-S", *argv[1:]]
 
-        knot.spawn.knot_argv = with_s  # type: ignore[assignment]
+        knot.spawn.knot_argv = with_s
         try:
             return super()._spawn(spec)
         finally:
