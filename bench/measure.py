@@ -111,7 +111,7 @@ def many(env: BenchEnv, c: Contender, n: int, with_memory: bool) -> tuple[Result
         if with_memory:
             c.settle()
             mem = memory(n)
-        return Result([(t1 - t0) / NS_PER_MS], note=f"N={n}"), mem
+        return Result([(t1 - t0) / NS_PER_MS]), mem
     except FAILURES as e:
         return Result(error=str(e)[:300]), None
     finally:

@@ -102,6 +102,21 @@ def mem_table(rows: list[tuple[str, int, measure.Memory | None]]) -> None:
     sys.stdout.flush()
 
 
+def many_table(n: int, rows: list[tuple[str, int, measure.Result]]) -> None:
+    print(f"\n### {n} long-running containers from cold: first start request -> all ready\n")
+    print("| contender | N | all ready ms | ms per container | x C floor (per container) |")
+    print("|---|---:|---:|---:|---:|")
+    per = {name: r.values[0] / cn for name, cn, r in rows if r.values}
+    floor = per.get("C floor")
+    for name, cn, r in rows:
+        if not r.values:
+            print(f"| {name} | {cn} | failed: {r.error} | - | - |")
+            continue
+        ratio = f"{per[name] / floor:.1f}" if floor else "-"
+        print(f"| {name} | {cn} | {r.values[0]:.0f} | {per[name]:.2f} | {ratio} |")
+    sys.stdout.flush()
+
+
 def _ordered(contenders: list[Contender], results: dict[str, measure.Result]) -> list[Row]:
     return [(c.name, results[c.name]) for c in contenders if c.name in results]
 
@@ -182,19 +197,16 @@ def _load() -> str:
 
 def _many_and_memory(env: BenchEnv, contenders: list[Contender], n: int,
                      only: list[str]) -> None:
-    many_rows: list[Row] = []
+    many_rows: list[tuple[str, int, measure.Result]] = []
     mem_rows: list[tuple[str, int, measure.Memory | None]] = []
     for c in contenders:
         cn = min(n, CRUN_MANY_MAX) if c.name == "crun" else n
         result, mem = measure.many(env, c, cn, "memory" in only)
-        if result.values:
-            result.note = f"N={cn}, {result.values[0] / cn:.2f} ms per container"
-        many_rows.append((c.name, result))
+        many_rows.append((c.name, cn, result))
         mem_rows.append((c.name, cn, mem))
         print(f"  {c.name}: {cn} started", file=sys.stderr, flush=True)
     if "many" in only:
-        table(f"{n} long-running containers from cold: start requests -> all ready "
-              "(one run each)", "ms", many_rows)
+        many_table(n, many_rows)
     if "memory" in only:
         mem_table(mem_rows)
 
