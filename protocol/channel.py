@@ -154,7 +154,8 @@ class Channel:
                 if fds:
                     raise ProtocolViolation(f"empty datagram with {len(fds)} fds")
                 raise ChannelClosed("peer closed the channel")
-            frame = self._decoder.decode(bytes(self._buffer[:size]), [fd.fileno() for fd in fds])
+            data = bytes(memoryview(self._buffer)[:size])  # one copy, not two
+            frame = self._decoder.decode(data, [fd.fileno() for fd in fds])
         except BaseException:
             close_all(fds)  # s6's unixmessage_drop: a rejected message's fds die with it
             raise
