@@ -109,7 +109,8 @@ class Channel:
             raise ValueError(
                 f"{type(message).__name__} takes {message.FDS} fds, {len(fds)} were given"
             )
-        data = encode(message, request_id, self._decoder.max_datagram_bytes)
+        # The peer runs the same limits: refuse here what it would refuse there.
+        data = encode(message, request_id, self._decoder.limit_for(type(message)))
         if not fds:
             self._sock.send(data)
             return

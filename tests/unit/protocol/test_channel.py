@@ -210,3 +210,9 @@ def test_a_forgotten_owned_fd_is_closed_with_a_warning(pipe) -> None:
     with pytest.warns(ResourceWarning, match="never closed"):
         del fd
         gc.collect()
+
+
+def test_send_refuses_what_the_peer_would_refuse(small_channel_pair) -> None:
+    with pytest.raises(ValueError, match="exceeds the limit of 1024"):
+        small_channel_pair.peer.send(m.ReloadOk(("x" * 2000,)), 1)
+    assert small_channel_pair.broker.try_recv() is None

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import random
+import re
 import signal
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -29,6 +31,7 @@ from protocol.codec import (
 from protocol.errors import ProtocolViolation
 from protocol.fuzz import mutate, sample_child, sample_messages, seed_frames
 
+ROOT = Path(__file__).resolve().parents[3]
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 names = st.from_regex(r"[A-Za-z0-9_-]{1,64}", fullmatch=True)
@@ -324,3 +327,12 @@ def test_encode_refuses_what_the_peer_would_refuse(
 def test_constructors_check_domains_and_name_the_field(build: Any, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         build()
+
+
+@pytest.mark.parametrize("module", ["codec", "messages", "records", "errors"])
+def test_pure_modules_import_no_io(module: str) -> None:
+    """STYLE P1: the pure modules import none of os, socket, time, subprocess."""
+    source = (ROOT / "protocol" / f"{module}.py").read_text()
+    imported = set(re.findall(r"^(?:from|import) ([\w.]+)", source, re.MULTILINE))
+    assert not imported & {"os", "socket", "time", "subprocess", "select", "selectors"}
+    assert ("msgpack" in imported) == (module == "codec")
