@@ -37,6 +37,10 @@ class Received(NamedTuple):
     request_id: int
     fds: tuple[OwnedFd, ...]
 
+    def close_fds(self) -> None:
+        """Close every fd that came with the message (e.g. after refusing it)."""
+        close_all(self.fds)
+
 
 class PeerCredentials(NamedTuple):
     """SO_PEERCRED: the peer's pid, uid and gid when it connected (socketpair: created)."""

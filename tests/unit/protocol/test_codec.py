@@ -329,7 +329,7 @@ def test_constructors_check_domains_and_name_the_field(build: Any, match: str) -
         build()
 
 
-@pytest.mark.parametrize("module", ["codec", "messages", "records", "errors"])
+@pytest.mark.parametrize("module", ["codec", "messages", "records", "errors", "handshake"])
 def test_pure_modules_import_no_io(module: str) -> None:
     """STYLE P1: the pure modules import none of os, socket, time, subprocess."""
     source = (ROOT / "protocol" / f"{module}.py").read_text()
