@@ -123,6 +123,15 @@ def check_exit(exit_code: int | None, signal: int | None) -> None:
         check_range("signal", signal, 1, 64)
 
 
+def check_unique(field: str, values: list[str] | list[Pid]) -> None:
+    """No value listed twice."""
+    seen: set[object] = set()
+    for value in values:
+        if value in seen:
+            raise ValueError(f"{field} {value} listed twice")
+        seen.add(value)
+
+
 def check_fingerprint(field: str, value: str) -> None:
     """An opaque fingerprint: 1-256 printable ASCII characters without spaces."""
     if FINGERPRINT_RE.fullmatch(value) is None:

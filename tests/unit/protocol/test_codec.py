@@ -86,7 +86,13 @@ STRATEGIES: dict[type[m.Message], st.SearchStrategy[Any]] = {
     m.SignalInstance: st.builds(m.SignalInstance, instances, pids, st.sampled_from(signal.Signals)),
     m.SignalInstanceOk: st.builds(m.SignalInstanceOk, instances, pids),
     m.GetSnapshot: st.just(m.GetSnapshot()),
-    m.Snapshot: st.builds(m.Snapshot, tuples_of(children), tuples_of(exited)),
+    m.Snapshot: st.builds(
+        m.Snapshot,
+        st.lists(children, max_size=4, unique_by=(lambda c: c.instance, lambda c: c.pid)).map(
+            tuple
+        ),
+        tuples_of(exited),
+    ),
     m.CleanUpInstance: st.builds(m.CleanUpInstance, instances),
     m.CleanUpInstanceOk: st.builds(m.CleanUpInstanceOk, instances),
     m.SupervisorReady: st.just(m.SupervisorReady()),
@@ -336,3 +342,13 @@ def test_pure_modules_import_no_io(module: str) -> None:
     imported = set(re.findall(r"^(?:from|import) ([\w.]+)", source, re.MULTILINE))
     assert not imported & {"os", "socket", "time", "subprocess", "select", "selectors"}
     assert ("msgpack" in imported) == (module == "codec")
+
+
+def test_a_snapshot_listing_an_instance_twice_is_rejected() -> None:
+    twin = r.ChildInfo("web/django.0", r.Pid(5), "f", 1.0, 1.0, r.ChildState.RUNNING)
+    with pytest.raises(ValueError, match="instance web/django.0 listed twice"):
+        m.Snapshot((sample_child(0), twin), ())
+    body = msgpack.unpackb(encode(m.Snapshot((sample_child(0),), ()), 1))[2]
+    body["children"] *= 2
+    with pytest.raises(ProtocolViolation, match="listed twice"):
+        decode(raw("Snapshot", 1, body))
