@@ -21,7 +21,7 @@ import typing
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
-import msgpack  # type: ignore[import-untyped]  # no stubs published
+import msgpack  # type: ignore[import-untyped,unused-ignore]  # no stubs published
 
 from protocol.errors import ProtocolViolation
 from protocol.messages import MESSAGE_TYPES, Kind, Message
