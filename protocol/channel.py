@@ -144,9 +144,14 @@ class Channel:
             return None
 
     def _recv(self, flags: int) -> Received:
-        size, ancillary, msg_flags, _ = self._sock.recvmsg_into(
-            [self._buffer], _ANCILLARY_BYTES, flags | socket.MSG_CMSG_CLOEXEC
-        )
+        try:
+            size, ancillary, msg_flags, _ = self._sock.recvmsg_into(
+                [self._buffer], _ANCILLARY_BYTES, flags | socket.MSG_CMSG_CLOEXEC
+            )
+        except ConnectionResetError:
+            # A peer that exits with our reply unread resets a SEQPACKET pair:
+            # for the receiver that is the same as a close.
+            raise ChannelClosed("peer reset the channel") from None
         fds, foreign = _take_fds(ancillary)
         try:
             if msg_flags & socket.MSG_CTRUNC:
