@@ -37,6 +37,10 @@ class Received(NamedTuple):
     request_id: int
     fds: tuple[OwnedFd, ...]
 
+    def close_fds(self) -> None:
+        """Close every fd that came with the message (e.g. after refusing it)."""
+        close_all(self.fds)
+
 
 class PeerCredentials(NamedTuple):
     """SO_PEERCRED: the peer's pid, uid and gid when it connected (socketpair: created)."""
@@ -109,7 +113,8 @@ class Channel:
             raise ValueError(
                 f"{type(message).__name__} takes {message.FDS} fds, {len(fds)} were given"
             )
-        data = encode(message, request_id, self._decoder.max_datagram_bytes)
+        # The peer runs the same limits: refuse here what it would refuse there.
+        data = encode(message, request_id, self._decoder.limit_for(type(message)))
         if not fds:
             self._sock.send(data)
             return
@@ -139,9 +144,14 @@ class Channel:
             return None
 
     def _recv(self, flags: int) -> Received:
-        size, ancillary, msg_flags, _ = self._sock.recvmsg_into(
-            [self._buffer], _ANCILLARY_BYTES, flags | socket.MSG_CMSG_CLOEXEC
-        )
+        try:
+            size, ancillary, msg_flags, _ = self._sock.recvmsg_into(
+                [self._buffer], _ANCILLARY_BYTES, flags | socket.MSG_CMSG_CLOEXEC
+            )
+        except ConnectionResetError:
+            # A peer that exits with our reply unread resets a SEQPACKET pair:
+            # for the receiver that is the same as a close.
+            raise ChannelClosed("peer reset the channel") from None
         fds, foreign = _take_fds(ancillary)
         try:
             if msg_flags & socket.MSG_CTRUNC:
@@ -154,7 +164,8 @@ class Channel:
                 if fds:
                     raise ProtocolViolation(f"empty datagram with {len(fds)} fds")
                 raise ChannelClosed("peer closed the channel")
-            frame = self._decoder.decode(bytes(self._buffer[:size]), [fd.fileno() for fd in fds])
+            data = bytes(memoryview(self._buffer)[:size])  # one copy, not two
+            frame = self._decoder.decode(data, [fd.fileno() for fd in fds])
         except BaseException:
             close_all(fds)  # s6's unixmessage_drop: a rejected message's fds die with it
             raise

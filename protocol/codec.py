@@ -21,7 +21,7 @@ import typing
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
-import msgpack  # type: ignore[import-untyped]  # no stubs published
+import msgpack  # type: ignore[import-untyped,unused-ignore]  # no stubs published
 
 from protocol.errors import ProtocolViolation
 from protocol.messages import MESSAGE_TYPES, Kind, Message
@@ -236,11 +236,10 @@ def _check_request_id(kind: Kind, request_id: int) -> str | None:
     return f"request id {request_id} (must be 1..{INT64_MAX})"
 
 
-def encode(
-    message: Message, request_id: int, max_bytes: int = DEFAULT_MAX_LARGE_MESSAGE_BYTES
-) -> bytes:
+def encode(message: Message, request_id: int, max_bytes: int | None = None) -> bytes:
     """One datagram for message; the caller sends exactly type(message).FDS fds with it.
 
+    max_bytes defaults to the default Decoder's limit for the message's type.
     Raises ValueError or TypeError for a message this side should not send.
     """
     cls = type(message)
@@ -252,7 +251,7 @@ def encode(
         raise ValueError(f"{cls.__name__}: bad {why}")
     body = _BODY[cls][0](message)
     data: bytes = msgpack.packb([cls.__name__, request_id, body], use_bin_type=True)
-    limit = max_bytes if cls.LARGE else min(max_bytes, DEFAULT_MAX_MESSAGE_BYTES)
+    limit = _DEFAULT_DECODER.limit_for(cls) if max_bytes is None else max_bytes
     if len(data) > limit:
         raise ValueError(f"{cls.__name__}: {len(data)} bytes exceeds the limit of {limit}")
     return data
@@ -273,6 +272,10 @@ class Decoder:
     def max_datagram_bytes(self) -> int:
         """The largest datagram any message may be (a receive buffer needs one more)."""
         return self.max_large_message_bytes
+
+    def limit_for(self, cls: type[Message]) -> int:
+        """The largest datagram this decoder accepts for a message type."""
+        return self.max_large_message_bytes if cls.LARGE else self.max_message_bytes
 
     def decode(self, data: bytes, fds: Sequence[int]) -> Frame:
         """The Frame of one datagram and the fds that came with it (not closed here).
@@ -306,7 +309,7 @@ class Decoder:
         cls = REGISTRY.get(tag) if type(tag) is str else None
         if cls is None:
             raise ProtocolViolation(f"unknown message type {tag!r:.60}")
-        limit = self.max_large_message_bytes if cls.LARGE else self.max_message_bytes
+        limit = self.limit_for(cls)
         if size > limit:
             raise ProtocolViolation(f"{tag}: datagram of {size} bytes exceeds {limit}")
         if type(request_id) is not int:

@@ -34,6 +34,7 @@ from protocol.records import (
     check_range,
     check_seconds,
     check_text,
+    check_unique,
 )
 
 PROTOCOL_VERSION = 1
@@ -143,7 +144,10 @@ class StartInstance(Request):
 
 @dataclass(frozen=True, slots=True)
 class StartInstanceOk(Reply):
-    """Broker -> supervisor: the knot is forked; the supervisor records pid and times."""
+    """Broker -> supervisor: the knot is forked.
+
+    The supervisor checks instance is the one it asked for, then records pid and times.
+    """
 
     instance: str
     pid: Pid
@@ -198,11 +202,20 @@ class GetSnapshot(Request):
 
 @dataclass(frozen=True, slots=True)
 class Snapshot(Reply):
-    """Broker -> supervisor: what it needs to reconcile (no child lost, none twice)."""
+    """Broker -> supervisor: what it needs to reconcile (no child lost, none twice).
+
+    The supervisor adopts each child (instance, pid, fingerprint, start times) and
+    handles each pending exit as if it had just arrived. Checked here: no instance
+    and no pid is listed twice among the children.
+    """
 
     LARGE = True
     children: tuple[ChildInfo, ...]
     pending_exits: tuple[InstanceExited, ...]
+
+    def __post_init__(self) -> None:
+        check_unique("children: instance", [child.instance for child in self.children])
+        check_unique("children: pid", [child.pid for child in self.children])
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,7 +291,10 @@ class GetStatus(Request):
 
 @dataclass(frozen=True, slots=True)
 class StatusTree(Reply):
-    """Broker -> control client: sandboxes -> processes -> instances."""
+    """Broker -> control client (lithos_ps): sandboxes -> processes -> instances.
+
+    The client only displays it; sandboxes with a config_error are shown as failing.
+    """
 
     LARGE = True
     broker_pid: Pid
@@ -328,7 +344,7 @@ class PlanSwitch(Request):
 
 @dataclass(frozen=True, slots=True)
 class SwitchPlan(Reply):
-    """Broker -> lithos_switch: one entry per process entry, old or new."""
+    """Broker -> lithos_switch: one entry per process entry, old or new; sandbox as asked."""
 
     LARGE = True
     sandbox: str

@@ -90,11 +90,13 @@ def check_instance(field: str, value: str) -> None:
 
 
 def check_pid(field: str, value: int) -> None:
+    """A Linux pid: 1..PID_MAX."""
     if not 1 <= value <= PID_MAX:
         raise ValueError(f"{field}: {value} is not a pid (1..{PID_MAX})")
 
 
 def check_range(field: str, value: int, low: int, high: int) -> None:
+    """An int within low..high, both included."""
     if not low <= value <= high:
         raise ValueError(f"{field}: {value} is out of range {low}..{high}")
 
@@ -106,6 +108,7 @@ def check_seconds(field: str, value: float) -> None:
 
 
 def check_text(field: str, value: str, max_chars: int = MAX_TEXT_CHARS) -> None:
+    """Human text or an argument: at most max_chars, no NUL."""
     if len(value) > max_chars or "\0" in value:
         raise ValueError(f"{field}: {value[:40]!r}... is longer than {max_chars} or has NUL")
 
@@ -120,7 +123,17 @@ def check_exit(exit_code: int | None, signal: int | None) -> None:
         check_range("signal", signal, 1, 64)
 
 
+def check_unique(field: str, values: list[str] | list[Pid]) -> None:
+    """No value listed twice."""
+    seen: set[object] = set()
+    for value in values:
+        if value in seen:
+            raise ValueError(f"{field} {value} listed twice")
+        seen.add(value)
+
+
 def check_fingerprint(field: str, value: str) -> None:
+    """An opaque fingerprint: 1-256 printable ASCII characters without spaces."""
     if FINGERPRINT_RE.fullmatch(value) is None:
         raise ValueError(
             f"{field}: {value[:40]!r} is not 1-{MAX_FINGERPRINT_CHARS} printable "
