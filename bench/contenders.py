@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # knot may be absent on a branch: imported where used
 
 from bench.env import PAYLOAD_HOLD, PAYLOAD_ONCE, BenchEnv, children, comm
 
-PAYLOAD_COMMS = {"lbready", "lbonce"}
+PAYLOAD_COMMS = {"lbready", "lbonce", "lbfifo"}
 
 
 def payload(hold: bool) -> str:
@@ -39,6 +39,7 @@ class Contender:
 
     def __init__(self, env: BenchEnv) -> None:
         self.env = env
+        self.ready_fd = -1  # where the payloads' bytes arrive; -1: the env's pipe
 
     def missing(self) -> str | None:
         """Why this contender cannot run here, or None."""
@@ -67,7 +68,7 @@ class Contender:
 
     def start_restarting(self) -> int:
         """Starts one container whose service is restarted when it dies; returns the
-        pid of the process that restarts it (the service is its child)."""
+        pid of the process that restarts it (the service is its descendant)."""
         raise NotImplementedError
 
     def helpers(self, pids: list[int]) -> list[int]:
@@ -76,6 +77,9 @@ class Contender:
 
     def cleanup(self) -> None:
         self.env.kill_all()
+
+    def close(self) -> None:
+        """At the end of the run, after the last cleanup()."""
 
 
 class CFloor(Contender):

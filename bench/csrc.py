@@ -1,8 +1,10 @@
 """The C programs the bench compiles at run time (never committed as binaries).
 
-payload (lbready / lbonce): no libc, no startup code: its first instruction
-builds the write(3, "x", 1) syscall, so "first instruction of the service" is
-what the harness times. lbready then pauses forever, lbonce exits.
+payload (lbready / lbonce / lbfifo): no libc, no startup code: its first
+instruction builds the write(3, "x", 1) syscall, so "first instruction of the
+service" is what the harness times. lbready then pauses forever, lbonce exits.
+lbfifo (for lithos_tree, which hands the service no pipe) opens /ready/fifo,
+writes, then pauses.
 
 floor (lbfloor IMAGE MNT PAYLOAD MODE): the least a container runtime can do:
 clone(NEWNS|NEWPID|NEWUTS|NEWIPC), make / private, bind the image read-only on
@@ -25,7 +27,14 @@ static long sys3(long n, long a, long b, long c) {
 }
 void _start(void) {
     char byte = 'x';
+#ifdef FIFO
+    /* open("/ready/fifo", O_WRONLY) then write: for lithos_tree, which passes no fd 3 */
+    static const char path[] = "/ready/fifo";
+    long fd = sys3(2, (long)path, 1, 0);
+    sys3(1, fd, (long)&byte, 1);
+#else
     sys3(1, 3, (long)&byte, 1);          /* write(3, "x", 1): the first thing done */
+#endif
 #ifdef HOLD
     for (;;) sys3(34, 0, 0, 0);          /* pause() */
 #else
@@ -36,9 +45,14 @@ void _start(void) {
 
 # For machines other than x86_64: libc startup runs before main (a few microseconds).
 PAYLOAD_PORTABLE = r"""
+#include <fcntl.h>
 #include <unistd.h>
 int main(void) {
+#ifdef FIFO
+    write(open("/ready/fifo", O_WRONLY), "x", 1);
+#else
     write(3, "x", 1);
+#endif
 #ifdef HOLD
     for (;;) pause();
 #endif

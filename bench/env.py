@@ -29,9 +29,10 @@ from pathlib import Path
 from bench import csrc
 
 BUSYBOX = "/bin/busybox"
-IMAGE_DIRS = ("bin", "etc", "tmp", "proc", "sys", "dev", "data", "state")
+IMAGE_DIRS = ("bin", "etc", "tmp", "proc", "sys", "dev", "data", "state", "ready", "config")
 PAYLOAD_HOLD = "/bin/lbready"   # writes its byte, then pauses forever
 PAYLOAD_ONCE = "/bin/lbonce"    # writes its byte, then exits
+PAYLOAD_FIFO = "/bin/lbfifo"    # writes its byte to /ready/fifo, then pauses forever
 PR_SET_CHILD_SUBREAPER = 36
 CLONE_NEWNS = 0x00020000
 MS_REC = 0x4000
@@ -190,6 +191,7 @@ class BenchEnv:
             payload, flags = csrc.PAYLOAD_PORTABLE, ["-static"]
         self._gcc(payload, self.image / PAYLOAD_HOLD.lstrip("/"), "-DHOLD", *flags)
         self._gcc(payload, self.image / PAYLOAD_ONCE.lstrip("/"), *flags)
+        self._gcc(payload, self.image / PAYLOAD_FIFO.lstrip("/"), "-DHOLD", "-DFIFO", *flags)
         self.floor = self.bin / "lbfloor"
         self._gcc(csrc.FLOOR, self.floor)
 
@@ -205,28 +207,30 @@ class BenchEnv:
         return os.posix_spawn(argv[0], argv, {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
                               file_actions=actions)
 
-    def wait_ready(self, count: int, timeout_s: float) -> int:
-        """Blocks until `count` bytes came through the ready pipe; returns perf_counter_ns then.
+    def wait_ready(self, count: int, timeout_s: float, fd: int = -1) -> int:
+        """Blocks until `count` bytes came through the ready pipe (or `fd`); returns
+        perf_counter_ns then.
 
         Raises: BenchError when they do not come within timeout_s (the error log is quoted).
         """
         deadline = time.monotonic() + timeout_s
         got = 0
+        source = self.ready_r if fd < 0 else fd
         while got < count:
             left = deadline - time.monotonic()
-            ready, _, _ = select.select([self.ready_r, self.sig_r], [], [], max(left, 0))
+            ready, _, _ = select.select([source, self.sig_r], [], [], max(left, 0))
             if not ready:
                 raise BenchError(f"bench: {got} of {count} containers ready after "
                                  f"{timeout_s:g}s (or all exited); stderr: "
                                  f"{self.stderr_tail()}")
-            if self.ready_r in ready:
-                got += len(os.read(self.ready_r, count - got))
+            if source in ready:
+                got += len(os.read(source, count - got))
             elif self.sig_r in ready:
                 while _read_some(self.sig_r):
                     pass
                 # Everything exited without the byte: a failed start. Not fatal at
                 # once: a child being reparented to us may be missed by the scan.
-                if not self._anything_alive() and not _readable(self.ready_r):
+                if not self._anything_alive() and not _readable(source):
                     deadline = min(deadline, time.monotonic() + GRACE_S)
                     timeout_s = GRACE_S
         return time.perf_counter_ns()

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 
 from bench.contenders import PAYLOAD_COMMS, Contender
-from bench.env import BenchEnv, BenchError, children, comm, descendants, pss_kb, uss_kb
+from bench.env import BenchEnv, BenchError, comm, descendants, pss_kb, uss_kb
 
 TIMEOUT_S = 30.0
 NS_PER_MS = 1_000_000
@@ -99,6 +99,7 @@ class Memory:
     runtime_uss_kb: float
     runtime_processes: float
     service_pss_kb: float
+    control_pss_kb: int = 0  # lithos tree: broker + supervisor, in total
 
 
 def many(env: BenchEnv, c: Contender, n: int, with_memory: bool) -> tuple[Result, Memory | None]:
@@ -107,10 +108,13 @@ def many(env: BenchEnv, c: Contender, n: int, with_memory: bool) -> tuple[Result
     try:
         t0 = time.perf_counter_ns()
         c.start_many(n)
-        t1 = env.wait_ready(n, TIMEOUT_S + n * 0.2)
+        t1 = env.wait_ready(n, TIMEOUT_S + n * 0.2, c.ready_fd)
         if with_memory:
             c.settle()
             mem = memory(n)
+            control = getattr(c, "control_pss_kb", None)
+            if control is not None:
+                mem.control_pss_kb = control()
         return Result([(t1 - t0) / NS_PER_MS]), mem
     except FAILURES as e:
         return Result(error=str(e)[:300]), None
@@ -141,19 +145,19 @@ def restart_latency(env: BenchEnv, contenders: list[Contender], samples: int,
         for c in contenders:
             try:
                 restarters[c.name] = c.start_restarting()
-                env.wait_ready(1, TIMEOUT_S)
+                env.wait_ready(1, TIMEOUT_S, c.ready_fd)
             except FAILURES as e:
                 failed[c.name] = Result(error=str(e)[:300])
         live = [c for c in contenders if c.name in restarters]
 
         def one(c: Contender) -> float:
-            services = [p for p in children(restarters[c.name]) if comm(p) in PAYLOAD_COMMS]
+            services = [p for p in descendants(restarters[c.name]) if comm(p) in PAYLOAD_COMMS]
             if len(services) != 1:
                 raise RuntimeError(f"{c.name}: expected one service under pid "
                                    f"{restarters[c.name]}, found {services}")
             t0 = time.perf_counter_ns()
             os.kill(services[0], signal.SIGKILL)
-            t1 = env.wait_ready(1, TIMEOUT_S)
+            t1 = env.wait_ready(1, TIMEOUT_S, c.ready_fd)
             return (t1 - t0) / NS_PER_MS
 
         warm = _round_robin(env, live, warmup, one, kill_on_failure=False)

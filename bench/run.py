@@ -23,10 +23,11 @@ import time
 from bench import measure
 from bench.contenders import ALL, Contender
 from bench.env import BenchEnv, BenchError
+from bench.tree import LithosTree
 
 MEASUREMENTS = ("spawn", "many", "memory", "restart")
-KEYS = {"floor": "C floor", "lithos": "lithos", "lithos-S": "lithos -S", "unshare": "unshare",
-        "bwrap": "bwrap", "crun": "crun"}
+KEYS = {"floor": "C floor", "lithos": "lithos", "lithos-S": "lithos -S", "tree": "lithos tree",
+        "unshare": "unshare", "bwrap": "bwrap", "crun": "crun"}
 CRUN_MANY_MAX = 100  # crun is slow to start in bulk; larger N only for the others
 
 
@@ -99,6 +100,10 @@ def mem_table(rows: list[tuple[str, int, measure.Memory | None]]) -> None:
         ratio = f"{m.runtime_pss_kb / floor:.1f}" if floor else "-"
         print(f"| {name} | {n} | {m.runtime_processes:.2f} | {m.runtime_pss_kb:.0f} | {ratio} | "
               f"{m.runtime_uss_kb:.0f} | {m.service_pss_kb:.0f} |")
+    for name, n, m in rows:
+        if m is not None and m.control_pss_kb:
+            print(f"\n{name}: broker + supervisor {m.control_pss_kb} kB PSS in total with N={n} "
+                  "(included above, shared out per container)")
     sys.stdout.flush()
 
 
@@ -147,9 +152,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"- nice: {os.getpriority(os.PRIO_PROCESS, 0)} (inherited by every contender)")
     env = BenchEnv()
     print(f"- work dir: {env.tmp} (removed at exit)")
+    contenders: list[Contender] = []
     try:
-        contenders: list[Contender] = []
-        for cls in ALL:
+        for cls in (*ALL[:3], LithosTree, *ALL[3:]):
             c = cls(env)
             if c.name not in wanted:
                 continue
@@ -167,9 +172,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"- python3 start to exit (`-c pass`): {python_startup_ms([]):.1f} ms; "
                   f"with -S (no site, no .pth files): {python_startup_ms(['-S']):.1f} ms")
         if "spawn" in only:
-            results = measure.spawn_latency(env, list(contenders), samples)
+            spawnable = [c for c in contenders if c.name != "lithos tree"]
+            results = measure.spawn_latency(env, spawnable, samples)
             table(f"Spawn latency: start request -> first instruction ({samples} samples, "
-                  "interleaved)", "ms", _ordered(contenders, results))
+                  "interleaved)", "ms", _ordered(spawnable, results))
         if "many" in only or "memory" in only:
             _many_and_memory(env, contenders, n, only)
         if "restart" in only:
@@ -182,13 +188,17 @@ def run(args: argparse.Namespace) -> int:
                   f"one ({samples} samples, interleaved)", "ms", _ordered(restartable, results))
         print(f"\n- load average after the run: {_load()}")
     finally:
+        for c in contenders:
+            c.close()
         env.close()
     return 0
 
 
 RESTART_NOTES = {"C floor": "pid 1 is a C loop: fork, exec, wait, again",
                  "lithos": "knot restart-process-only, restart-timeout 0",
-                 "lithos -S": "knot restart-process-only, restart-timeout 0"}
+                 "lithos -S": "knot restart-process-only, restart-timeout 0",
+                 "lithos tree": "whole container: knot exits, broker reaps, supervisor "
+                                "restarts (restart-timeout 0)"}
 
 
 def _load() -> str:
