@@ -100,6 +100,7 @@ class Memory:
     runtime_processes: float
     service_pss_kb: float
     control_pss_kb: int = 0  # lithos tree: broker + supervisor, in total
+    control_uss_kb: int = 0
 
 
 def many(env: BenchEnv, c: Contender, n: int, with_memory: bool) -> tuple[Result, Memory | None]:
@@ -112,9 +113,9 @@ def many(env: BenchEnv, c: Contender, n: int, with_memory: bool) -> tuple[Result
         if with_memory:
             c.settle()
             mem = memory(n)
-            control = getattr(c, "control_pss_kb", None)
+            control = getattr(c, "control_kb", None)
             if control is not None:
-                mem.control_pss_kb = control()
+                mem.control_pss_kb, mem.control_uss_kb = control()
         return Result([(t1 - t0) / NS_PER_MS]), mem
     except FAILURES as e:
         return Result(error=str(e)[:300]), None

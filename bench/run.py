@@ -102,8 +102,9 @@ def mem_table(rows: list[tuple[str, int, measure.Memory | None]]) -> None:
               f"{m.runtime_uss_kb:.0f} | {m.service_pss_kb:.0f} |")
     for name, n, m in rows:
         if m is not None and m.control_pss_kb:
-            print(f"\n{name}: broker + supervisor {m.control_pss_kb} kB PSS in total with N={n} "
-                  "(included above, shared out per container)")
+            print(f"\n{name}: broker + supervisor {m.control_pss_kb} kB PSS, "
+                  f"{m.control_uss_kb} kB USS in total with N={n} (included above, shared "
+                  "out per container)")
     sys.stdout.flush()
 
 
@@ -219,6 +220,15 @@ def _many_and_memory(env: BenchEnv, contenders: list[Contender], n: int,
         many_table(n, many_rows)
     if "memory" in only:
         mem_table(mem_rows)
+        tree = next((c for c in contenders if c.name == "lithos tree"), None)
+        at_n = next((m for name, _, m in mem_rows if name == "lithos tree"), None)
+        if tree is not None and at_n is not None and n > 1:
+            _, at_1 = measure.many(env, tree, 1, with_memory=True)
+            if at_1 is not None:
+                growth = (at_n.control_uss_kb - at_1.control_uss_kb) / (n - 1)
+                print(f"lithos tree: broker + supervisor {at_1.control_uss_kb} kB USS with one "
+                      f"container, {at_n.control_uss_kb} kB with {n}: {growth:.1f} kB more "
+                      "per container")
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -112,8 +112,18 @@ class LithosTree(Contender):
         return [self.broker] + [p for p in children(self.broker)
                                 if "lithos_knot" not in _cmdline(p)]
 
-    def control_pss_kb(self) -> int:
-        return sum(rollup_kb(p).get("Pss", 0) for p in self.control_pids())
+    def control_kb(self) -> tuple[int, int]:
+        """PSS and USS of the broker and the supervisor together, in kB.
+
+        USS (private pages) is what per-container state grows; PSS also moves
+        when more knots share the interpreter's pages.
+        """
+        pss = uss = 0
+        for pid in self.control_pids():
+            r = rollup_kb(pid)
+            pss += r.get("Pss", 0)
+            uss += r.get("Private_Clean", 0) + r.get("Private_Dirty", 0)
+        return pss, uss
 
     def cleanup(self) -> None:
         if self.broker > 0:
