@@ -64,3 +64,34 @@ def test_median_and_p90() -> None:
     assert r.p90 == 9.0
     assert Result([2.0]).median == 2.0 and Result([2.0]).p90 == 2.0
     assert Result().median is None and Result().p90 is None
+
+
+def _importable(*names: str) -> bool:
+    import importlib.util
+
+    try:
+        return all(importlib.util.find_spec(n) is not None for n in names)
+    except ModuleNotFoundError:
+        return False
+
+
+@requires_root
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="the bench compiles its C programs")
+@pytest.mark.skipif(not _importable("knot.spawn", "broker.main"), reason="no knot or broker")
+def test_lithos_contenders_many_memory_restart_and_cleanup() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--only", "many,memory,restart", "--n", "2",
+         "--samples", "2", "--contenders", "floor,lithos,tree"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "failed" not in out, out
+    for name in ("C floor", "lithos", "lithos tree"):
+        assert re.search(rf"^\| {name} \| 2 \| [0-9]+ \| [0-9.]+ \|", out, re.M), out  # many
+        assert re.search(rf"^\| {name} \| 2 \| [0-9]\.\d\d \| [0-9]+ \|", out, re.M), out  # memory
+        assert re.search(rf"^\| {name} \| [0-9.]+ \| [0-9.]+ \|", out, re.M), out  # restart
+    assert "broker + supervisor" in out
+    work = re.search(r"^- work dir: (\S+)", out, re.M)
+    assert work and not os.path.exists(work.group(1))
+    assert not [c for c in _cmdlines() if work.group(1) in c]
+    assert not list(Path("/sys/fs/cgroup").glob("*/lithos-bench-*"))  # the tree's cgroups
