@@ -250,3 +250,17 @@ def test_interactive_keeps_the_knots_stdout_and_stderr(env):
     assert code == 2
     assert knot.stderr_text() == "to-out\nto-err\n"  # the knot's stdout/stderr (one file here)
     assert "to-out" not in knot.log_text().split("-----\n", 1)[1]
+
+
+def test_fds_above_the_fileno_limit_are_closed_too(env):
+    # The stdio log and spec fds sit above the tcp fds: with fd 40 and a limit of 32,
+    # they are above the limit inside the knot and must still not reach the service.
+    sock = socket.socket()
+    try:
+        spec = env.spec("echo fds:; ls /proc/$$/fd; echo :fds", fileno_limit=32, tcp_fds=(40,))
+        knot = env.start(spec, inherited_fds={40: sock.fileno()})
+        code = knot.wait()
+    finally:
+        sock.close()
+    assert code == 2, knot.stderr_text()
+    assert knot.log_text().split("fds:\n")[1].split(":fds")[0].split() == ["0", "1", "2", "40"]
