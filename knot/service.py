@@ -226,9 +226,6 @@ def supervise(spec: KnotSpec, environ: Mapping[str, str], log_fd: int | None) ->
             os.close(out_fd)
         status: int | None = None
         deadline: float | None = None
-        if got_sigterm:  # SIGTERM came while we waited to restart: forward it at once
-            os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + spec.kill_timeout_s
         while status is None:
             signo = _wait(None if deadline is None else deadline - time.monotonic())
             if signo is None:  # STOPPING: kill-timeout passed with the service alive
