@@ -264,3 +264,15 @@ def test_fds_above_the_fileno_limit_are_closed_too(env):
         sock.close()
     assert code == 2, knot.stderr_text()
     assert knot.log_text().split("fds:\n")[1].split(":fds")[0].split() == ["0", "1", "2", "40"]
+
+
+def test_nested_volume_on_a_mount_point_inside_an_earlier_volume(env):
+    persist = env.tmp / "persist"
+    (persist / "cache").mkdir(parents=True)          # V-2: the mount point is in the volume
+    spec = env.spec("grep -E ' /data(/cache)? ' /proc/self/mountinfo", volumes=(
+        Volume(VolumeKind.PERSISTENT, "/data", str(persist)),           # V-1: shorter first
+        Volume(VolumeKind.TMPFS, "/data/cache", None, size_bytes=1 << 20)))
+    code, knot = env.run(spec)
+    assert code == 2, knot.stderr_text()
+    m = mounts(knot.log_text())
+    assert m["/data/cache"][1] == "tmpfs" and "/data" in m
