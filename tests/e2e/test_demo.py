@@ -19,7 +19,7 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_demo_serves_three_instances_and_cleans_up() -> None:
+def test_demo_serves_three_instances_and_cleans_up(wait_file_text) -> None:  # type: ignore[no-untyped-def]
     env = dict(os.environ, LITHOS_DEMO_PYTHON=sys.executable, LITHOS_DEMO_SECONDS="120")
     proc = subprocess.Popen(
         ["bash", str(REPO / "examples/demo/run")],
@@ -43,6 +43,9 @@ def test_demo_serves_three_instances_and_cleans_up() -> None:
     try:
         assert ready.wait(90), "\n".join(lines[-30:])
         assert proc.poll() is None, "\n".join(lines[-30:])
+        log = Path("/run/lithos-demo/log/stderr/demo.log")
+        for i in range(3):  # each instance says so once it accepts on fd 3
+            wait_file_text(log, rf"demo/web\.{i}: serving on fd 3", 60)
         seen: set[str] = set()
         for _ in range(60):  # bounded: the kernel spreads accepts over the three
             # The broker listens before the services run: a connection waits in
