@@ -1,5 +1,6 @@
-"""Property: whatever happens, no instance ever has two live knots, and once things
-settle every wanted instance has exactly one, with the wanted identity.
+"""Property: whatever happens, no instance ever has two live knots nor a knot two
+SIGTERMs, and once things settle every wanted instance has exactly one knot, with
+the wanted identity.
 
 A simulated broker (the real parent of the knots) and a supervisor built only from
 lifecycle.step, plan.reconcile and TimerHeap are driven by hypothesis through
@@ -130,7 +131,8 @@ class World:
                     return
                 if a.signum == signal.SIGKILL:
                     self.die(a.pid, ExitStatus(signal=signal.SIGKILL))
-                else:
+                else:  # E-18, T-32: one SIGTERM per knot, across reconnects too
+                    assert not knot.term_sent, f"second SIGTERM to {knot.name} pid {a.pid}"
                     knot.term_sent = True
             case CleanUp():
                 pass
