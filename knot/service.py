@@ -15,6 +15,7 @@ or already-loaded modules). It never logs: lines go to the stdio log fd.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import time
@@ -89,18 +90,21 @@ def _close_all_but(keep: set[int]) -> None:
         if fd > low:
             os.closerange(low, fd)
         low = fd + 1
-    os.closerange(low, os.sysconf("SC_OPEN_MAX"))
+    # Up to the highest open fd, not just the limit: fds opened before a lower
+    # RLIMIT_NOFILE was set may sit above it.
+    high = max([int(fd) for fd in os.listdir("/proc/self/fd")] + [os.sysconf("SC_OPEN_MAX")])
+    os.closerange(low, high + 1)
 
 
 def _exec_service(spec: KnotSpec, environ: Mapping[str, str], out_fd: int | None,
                   report_fd: int) -> None:
     """In the forked child: the last steps, then exec. On failure, report and _exit."""
-    what = "exec"
+    # `what` is "<action>\t<config key>" for the one line the knot prints on failure.
+    what = "prepare the service\t"
     try:
-        what = "prctl PR_SET_PDEATHSIG"
         linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)  # K-50: a dead knot kills us
         if spec.uid_map or spec.gid_map:
-            what = "uid-map/gid-map: unshare user namespace"
+            what = "unshare user namespace\tuid-map"
             linux.unshare(linux.CLONE_NEWUSER)
             os.kill(os.getpid(), signal.SIGSTOP)  # the knot writes the maps, then SIGCONTs
         for sig in (signal.SIGPIPE, signal.SIGXFSZ):  # ignored by Python, default for the app
@@ -114,19 +118,19 @@ def _exec_service(spec: KnotSpec, environ: Mapping[str, str], out_fd: int | None
         env = dict(environ)
         for var in spec.pid_env_vars:  # V-15, V-17: the service's pid in its namespace
             env[var] = str(os.getpid())
-        what = "user-id/group-id: setgroups/setgid/setuid"
+        what = f"setgroups/setgid {spec.gid}/setuid {spec.uid}\tuser-id"
         os.setgroups([])  # supplementary groups cleared (the original kept root's)
         os.setgid(spec.gid)
         os.setuid(spec.uid)
-        what = f"workdir: chdir {spec.workdir}"
+        what = f"chdir {spec.workdir}\tworkdir"
         os.chdir(spec.workdir)
-        what = f"executable: exec {spec.executable}"
+        what = f"exec {spec.executable}\texecutable"
         signal.pthread_sigmask(signal.SIG_SETMASK, ())
         os.execve(spec.executable, list(spec.argv), env)
     except OSError as e:
-        os.write(report_fd, f"{what}: {os.strerror(e.errno or 0)} (errno {e.errno})".encode())
+        os.write(report_fd, f"{what}\t{e.errno or 0}".encode())
     except BaseException as e:  # noqa: BLE001 - must never return into the knot's code
-        os.write(report_fd, f"{what}: {e!r}".encode())
+        os.write(report_fd, f"{what}\t{e!r}".encode())
     os._exit(127)
 
 
@@ -147,20 +151,25 @@ def start_service(spec: KnotSpec, environ: Mapping[str, str], out_fd: int | None
             except OSError as e:
                 os.kill(pid, signal.SIGKILL)
                 os.waitpid(pid, 0)
-                _fail(spec, f"uid-map/gid-map: /proc/{pid}: {os.strerror(e.errno or 0)} "
-                            f"(uid-map/gid-map in {spec.container_config})")
+                code = e.errno or 0
+                _fail(spec, f"start service: write {e.filename}: {errno.errorcode.get(code)} "
+                            f"({os.strerror(code)}) (uid-map in {spec.container_config})")
             os.kill(pid, signal.SIGCONT)
         else:
             os.close(report_r)
-            _fail(spec, f"start service: {describe(status)} before exec")
+            _fail(spec, f"start service: {describe(status)} before exec (uid-map in "
+                        f"{spec.container_config})")
     chunks = []
     while chunk := os.read(report_r, 4096):  # EOF at exec: the pipe is CLOEXEC
         chunks.append(chunk)
     os.close(report_r)
     if chunks:
         os.waitpid(pid, 0)
-        _fail(spec, b"".join(chunks).decode(errors="replace")
-              + f" (in {spec.container_config})")
+        action, key, err = b"".join(chunks).decode(errors="replace").split("\t", 2)
+        if err.isdigit():
+            code = int(err)
+            err = f"{errno.errorcode.get(code, code)} ({os.strerror(code)})"
+        _fail(spec, f"start service: {action}: {err} ({key} in {spec.container_config})")
     return pid
 
 
@@ -196,8 +205,9 @@ def _open_output(spec: KnotSpec, log_fd: int | None) -> tuple[int | None, bool]:
             return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
                            0o644), True
         except OSError as e:
-            _fail(spec, f"open stdout-stderr-file: {path}: {os.strerror(e.errno or 0)} "
-                        f"(stdout-stderr-file in {spec.container_config})")
+            code = e.errno or 0
+            _fail(spec, f"open stdout-stderr-file: {path}: {errno.errorcode.get(code)} "
+                        f"({os.strerror(code)}) (stdout-stderr-file in {spec.container_config})")
     return log_fd, False
 
 
@@ -216,9 +226,6 @@ def supervise(spec: KnotSpec, environ: Mapping[str, str], log_fd: int | None) ->
             os.close(out_fd)
         status: int | None = None
         deadline: float | None = None
-        if got_sigterm:  # SIGTERM came while we waited to restart: forward it at once
-            os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + spec.kill_timeout_s
         while status is None:
             signo = _wait(None if deadline is None else deadline - time.monotonic())
             if signo is None:  # STOPPING: kill-timeout passed with the service alive

@@ -155,9 +155,21 @@ def _prepare_dir(path: str, mode: int, user: int, group: int) -> None:
     os.chmod(path, mode)
 
 
+def _check_inside(mount_dir: str, target: str) -> None:
+    # Until pivot_root, an absolute symlink in the image resolves against the HOST's
+    # root: /data -> /etc would put the volume on the host's /etc (in our namespace)
+    # and the container would silently not get it. Refuse instead.
+    real = os.path.realpath(target)
+    root = os.path.realpath(mount_dir)
+    if real != root and not real.startswith(root + "/"):
+        raise SetupError(f"{target}: resolves to {real}, outside the container "
+                         "(a symlink in the image? mount points must be real directories)")
+
+
 def mount_volume(vol: Volume, mount_dir: str) -> None:
     """K-16 5: one volume (§1.4.1; flags in the module docstring). V-2: no mkdir of targets."""
     target = inside(mount_dir, vol.target)
+    _check_inside(mount_dir, target)
     match vol.kind:
         case VolumeKind.READONLY:
             assert vol.source is not None
@@ -201,7 +213,7 @@ def mount_etc_file(generated: str | None, mount_dir: str, name: str,
         return
     if generated is None:
         if mount:
-            raise SetupError(f"/etc/{name}: mount is true but nothing was generated "
+            raise SetupError("mount is true but nothing was generated "
                              "(copy-from-host, localhost and public-hostname are all false)")
         return
     bind(generated, target, recursive=False)
@@ -212,7 +224,11 @@ def pivot(mount_dir: str) -> None:
 
     The image must have /tmp (a !Tmpfs there is fine: the old root goes on top of it).
     """
+    put_old = inside(mount_dir, "/tmp")
+    if not os.path.isdir(put_old):
+        raise SetupError(f"{put_old}: missing (the image must have a /tmp directory: "
+                         "pivot_root puts the old root there)")
     os.chdir(mount_dir)
-    linux.pivot_root(".", "tmp")
+    linux.pivot_root(mount_dir, put_old)
     os.chdir("/")
     linux.umount2("/tmp", MNT_DETACH)

@@ -75,7 +75,10 @@ def _place_fds(targets: Mapping[int, int]) -> None:
         if fd > low:
             os.closerange(low, fd)
         low = fd + 1
-    os.closerange(low, os.sysconf("SC_OPEN_MAX"))
+    # Up to the highest open fd, not just the limit: fds opened before a lower
+    # RLIMIT_NOFILE was set may sit above it.
+    high = max([int(fd) for fd in os.listdir("/proc/self/fd")] + [os.sysconf("SC_OPEN_MAX")])
+    os.closerange(low, high + 1)
 
 
 def _child(argv: list[str], fds: Mapping[int, int], parent_pidfd: int, pdeathsig: bool) -> None:

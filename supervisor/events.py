@@ -81,17 +81,20 @@ def signal_name(signum: int) -> str:
 
 
 class Outcome(enum.Enum):
-    """Why an instance's process or start attempt ended; drives metrics and logs."""
+    """Why an instance's process or start attempt ended; drives metrics and logs.
+
+    vocabulary.OUTCOME_WORDS has the words each one is logged with.
+    """
 
     NORMAL = "normal"  # knot exit 0 (K-42 said the death was normal)
-    TERMINATED = "after SIGTERM"  # we sent SIGTERM: never a failure (E-12)
-    CRASHED = "unexpected"  # other non-zero knot code (2: abnormal death)
-    KILLED = "killed"  # knot killed by a signal we did not ask for, or our SIGKILL
-    KILL_TIMEOUT = "kill-timeout expired"  # knot exit 3 (E-14 counts a failure)
-    SETUP_FAILED = "setup failed (config problem)"  # EXIT_SETUP_FAILED
+    TERMINATED = "terminated"  # we sent SIGTERM: never a failure (E-12)
+    CRASHED = "crashed"  # other non-zero knot code (2: abnormal death, 1: knot bug)
+    KILLED = "killed"  # knot killed by a signal we did not send
+    KILL_TIMEOUT = "kill-timeout"  # knot exit 3 (E-14), or our SIGKILL escalation
+    SETUP_FAILED = "setup-failed"  # EXIT_SETUP_FAILED: a config problem
     VANISHED = "vanished"  # missing from the broker's snapshot with no exit record
-    REFUSED = "refused (config problem)"  # the broker refused the start
-    LOST = "start request lost"  # the start was never answered (reconnect)
+    REFUSED = "refused"  # the broker refused the start: a config problem
+    LOST = "lost"  # the start was never answered (reconnect)
 
     @property
     def is_failure(self) -> bool:
@@ -119,7 +122,7 @@ def classify(
     if status.code == EXIT_KILL_TIMEOUT:
         return Outcome.KILL_TIMEOUT
     if status.signal == signal.SIGKILL and kill_sent:
-        return Outcome.KILLED
+        return Outcome.KILL_TIMEOUT
     if we_terminated:
         return Outcome.TERMINATED
     if status.code == EXIT_NORMAL:

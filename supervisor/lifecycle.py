@@ -21,7 +21,7 @@ import enum
 import logging
 import signal as _signal
 from dataclasses import dataclass, replace
-from typing import assert_never
+from typing import NoReturn, assert_never
 
 from supervisor import vocabulary as v
 from supervisor.events import (
@@ -85,7 +85,7 @@ class Instance:
     deadline: float | None = None  # BACKOFF: restart; STOPPING/UPGRADING: SIGKILL
     term_sent: bool = False  # we sent SIGTERM to `pid`
     kill_sent: bool = False  # we sent SIGKILL to `pid`
-    problem: str | None = None  # the last config problem, for status (decision 4)
+    problem: str | None = None  # why the last start failed for a config problem, for status
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,7 +167,7 @@ def _terminate(inst: Instance, new_state: State, now: float, reason: str,
     return _go(inst, new, logging.INFO, sent_fmt % (reason, inst.pid, kt), term, wake)
 
 
-def _reject(inst: Instance, event: Event, why: str) -> Transition:
+def _reject(inst: Instance, event: Event, why: str) -> NoReturn:
     raise InvalidTransition(inst.name, inst.state, event, why)
 
 
@@ -191,8 +191,8 @@ def _on_start_requested(inst: Instance, ev: StartRequested) -> Transition:
 
 def _on_started(inst: Instance, ev: Started) -> Transition:
     match inst.state:
-        case State.STARTING:  # STARTING -> RUNNING
-            new = replace(inst, state=State.RUNNING, pid=ev.pid)
+        case State.STARTING:  # STARTING -> RUNNING; a setup failure would come as an exit
+            new = replace(inst, state=State.RUNNING, pid=ev.pid, problem=None)
             return _go(inst, new, logging.INFO, v.STARTED % ev.pid)
         case State.STOPPING | State.UPGRADING if inst.pid is None:
             # stop or upgrade was wanted while the Spawn was in flight: SIGTERM now
@@ -314,9 +314,9 @@ def _on_adopted(inst: Instance, ev: Adopted) -> Transition:
             return _go(inst, new, logging.INFO, v.ADOPTED % ev.pid)
         case State.RUNNING | State.STOPPING | State.UPGRADING if inst.pid == ev.pid:
             return Transition(inst)  # already ours
-        case State.RUNNING | State.STOPPING | State.UPGRADING:
-            return _reject(inst, ev, f"already has pid {inst.pid}")
-        case State.STARTING:
+        case State.STOPPING | State.UPGRADING | State.STARTING if inst.pid is None:
             return _reject(inst, ev, "a start is pending; the snapshot's pid is Started")
+        case State.RUNNING | State.STOPPING | State.UPGRADING | State.STARTING:
+            return _reject(inst, ev, f"already has pid {inst.pid}")
         case _:
             assert_never(inst.state)

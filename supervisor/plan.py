@@ -119,7 +119,7 @@ class Step:
 
 @dataclass(frozen=True, slots=True)
 class Reconciliation:
-    instances: dict[str, Instance]  # the new table (STOPPED ones included)
+    instances: dict[str, Instance]  # the new table, without retired STOPPED ones
     steps: tuple[Step, ...]  # for logs (transition.log) and metrics.record
     actions: tuple[Action, ...]  # the machines' actions, plus SIGTERMs to strays
     changes: tuple[PlannedChange, ...]
@@ -184,7 +184,10 @@ def reconcile(
         if inst.state not in (State.STOPPED, State.STOPPING):
             why = _stop_reason(name, desired, new_counts, old_counts)
             run.feed(name, StopRequested(why, now), f"stop: {why}")
-    return Reconciliation(run.table, tuple(run.steps), tuple(run.actions), tuple(run.changes))
+    # forget retired instances that are done, so the table does not grow forever
+    table = {n: i for n, i in run.table.items()
+             if i.state is not State.STOPPED or n in desired or frozen.has(n)}
+    return Reconciliation(table, tuple(run.steps), tuple(run.actions), tuple(run.changes))
 
 
 def dry_run(

@@ -46,6 +46,19 @@ SIGTERM_ON_ACK = "pid %d started after SIGTERM was wanted, sending SIGTERM"
 RETUNED = "%s"
 
 
+OUTCOME_WORDS = {
+    Outcome.NORMAL: "normal",
+    Outcome.TERMINATED: "after SIGTERM",
+    Outcome.CRASHED: "unexpected",
+    Outcome.KILLED: "unexpected",
+    Outcome.KILL_TIMEOUT: "kill-timeout expired",
+    Outcome.SETUP_FAILED: "setup failed (config problem)",
+    Outcome.VANISHED: "unexpected",
+    Outcome.REFUSED: "start refused (config problem)",
+    Outcome.LOST: "start request lost",
+}
+
+
 @dataclass(frozen=True, slots=True)
 class LogLine:
     """One log record as data: `log.log(level, fmt, *args)`."""
@@ -73,7 +86,7 @@ def note(level: int, name: str, state: str, text: str) -> LogLine:
 
 def exit_detail(pid: int, status: ExitStatus, outcome: Outcome) -> str:
     """`pid 4121 exited with code 1, unexpected`."""
-    return EXITED % (pid, status.describe(), outcome.value)
+    return EXITED % (pid, status.describe(), OUTCOME_WORDS[outcome])
 
 
 def restart_detail(delay_s: float, restart_timeout_s: float) -> str:

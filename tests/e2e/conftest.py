@@ -335,6 +335,12 @@ def _unmount_below(root: Path) -> None:
 
 
 @pytest.fixture
+def wait_file_text():  # type: ignore[no-untyped-def]
+    """`wait_for_file_text(path, pattern, timeout_s)` for tests outside the fixture."""
+    return wait_for_file_text
+
+
+@pytest.fixture
 def lithos() -> Iterator[Lithos]:
     root = Path(tempfile.mkdtemp(prefix="lt-e2e-", dir="/tmp"))
     root.chmod(0o755)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -23,8 +24,10 @@ def rollup(pid: int) -> dict[str, int]:
 
 
 def test_knot_pss_while_waiting(env):
+    started = time.monotonic()
     knot = env.start(env.spec("echo ready >&3; exec sleep 1000"), events=True)
     assert knot.read_event() == "ready"
+    print(f"\nspawn_knot to the service's first line: {(time.monotonic() - started) * 1e3:.0f} ms")
     mem = rollup(knot.pid)
     print(f"\nknot memory while waiting: Pss {mem['Pss']} kB, Rss {mem['Rss']} kB, "
           f"Private {mem['Private_Clean'] + mem['Private_Dirty']} kB")

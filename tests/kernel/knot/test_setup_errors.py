@@ -21,6 +21,7 @@ def one_line(knot) -> str:
     text = knot.stderr_text()
     assert text.count("\n") == 1 and text.startswith("knot[test/svc.0]: "), text
     assert "Traceback" not in text
+    print(text, end="")
     return text
 
 
@@ -84,20 +85,21 @@ def test_image_without_tmp_cannot_pivot(env):                           # K-52
     (env.image / "tmp").rmdir()
     code, knot = env.run(env.spec("exit 0"))
     assert code == EXIT_SETUP_FAILED
-    assert "pivot_root" in one_line(knot)
+    assert "mnt/tmp: missing (the image must have a /tmp directory" in one_line(knot)
 
 
 def test_missing_executable(env):
     code, knot = env.run(env.spec("", executable="/bin/nonexistent"))
     assert code == EXIT_SETUP_FAILED
     line = one_line(knot)
-    assert "executable: exec /bin/nonexistent: No such file or directory" in line
+    assert "start service: exec /bin/nonexistent: ENOENT (No such file or directory) " \
+        "(executable in " in line
 
 
 def test_missing_workdir(env):
     code, knot = env.run(env.spec("", workdir="/nonexistent"))
     assert code == EXIT_SETUP_FAILED
-    assert "workdir: chdir /nonexistent" in one_line(knot)
+    assert "chdir /nonexistent: ENOENT (No such file or directory) (workdir in " in one_line(knot)
 
 
 def test_bad_spec_json_is_refused_by_the_knot(env):
@@ -114,3 +116,21 @@ def test_bad_spec_json_is_refused_by_the_knot(env):
     assert proc.returncode == EXIT_SETUP_FAILED
     assert proc.stderr.startswith("knot[test/svc.0]: knot spec: missing keys [")
     assert proc.stderr.count("\n") == 1
+
+
+def test_mount_point_symlinked_outside_the_container(env):
+    (env.image / "data").rmdir()
+    (env.image / "data").symlink_to("/etc")
+    spec = env.spec("exit 0", volumes=(Volume(VolumeKind.TMPFS, "/data", None,
+                                              size_bytes=1 << 20),))
+    code, knot = env.run(spec)
+    assert code == EXIT_SETUP_FAILED
+    line = one_line(knot)
+    assert "resolves to /etc, outside the container" in line and 'volumes: "/data"' in line
+
+
+def test_stdout_stderr_file_on_the_read_only_image(env):
+    code, knot = env.run(env.spec("exit 0", stdout_stderr_file="/app.log"))
+    assert code == EXIT_SETUP_FAILED
+    assert "open stdout-stderr-file: /app.log: EROFS (Read-only file system) " \
+        "(stdout-stderr-file in " in one_line(knot)

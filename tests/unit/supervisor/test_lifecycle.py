@@ -168,7 +168,7 @@ def test_e11_knot_exit_zero_is_normal_nonzero_is_failure() -> None:
     assert t.outcome is Outcome.CRASHED and t.outcome.is_failure
     t = step(started(), Exited(Pid(4121), ExitStatus(signal=signal.SIGSEGV), 5.0))
     assert t.outcome is Outcome.KILLED and t.outcome.is_failure
-    assert "killed by signal SIGSEGV" in str(t.log)
+    assert "pid 4121 killed by signal SIGSEGV, unexpected; restart" in str(t.log)
 
 
 @pytest.mark.parametrize("status", [ExitStatus(code=2), ExitStatus(code=1),
@@ -227,7 +227,8 @@ def test_escalation_sigkill_after_kill_timeout_plus_grace() -> None:
     assert t.log is not None and t.log.level == logging.WARNING
     assert step(t.instance, TimerFired(30.0)).actions == ()  # only one SIGKILL
     end = step(t.instance, Exited(Pid(4121), ExitStatus(signal=signal.SIGKILL), 17.0))
-    assert end.outcome is Outcome.KILLED and end.outcome.is_failure
+    assert end.outcome is Outcome.KILL_TIMEOUT and end.outcome.is_failure
+    assert "killed by signal SIGKILL, kill-timeout expired" in str(end.log)
 
 
 def test_e18_upgrade_sends_exactly_one_sigterm() -> None:
@@ -305,6 +306,12 @@ def test_reconfigured_same_fingerprint_only_updates_timeouts() -> None:
 def test_exit_of_a_foreign_pid_is_rejected() -> None:
     with pytest.raises(InvalidTransition, match="pid 99 is not this instance's process"):
         step(started(), Exited(Pid(99), ExitStatus(code=0), 1.0))
+
+
+def test_every_outcome_has_words() -> None:
+    from supervisor.vocabulary import OUTCOME_WORDS
+
+    assert set(OUTCOME_WORDS) == set(Outcome)
 
 
 def test_bad_spec_and_status_are_rejected() -> None:

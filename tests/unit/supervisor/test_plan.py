@@ -200,7 +200,8 @@ def test_stop_wanted_while_in_flight_spawn_died_sends_no_sigterm_to_dead_pid() -
     snap = Snapshot(missed_exits=(MissedExit("web/django.0", Pid(8), ExitStatus(code=2)),))
     r = reconcile({}, [], r1.instances, now=0.5, snapshot=snap)
     assert not any(isinstance(a, Signal) for a in r.actions)
-    assert r.instances["web/django.0"].state is State.STOPPED
+    assert r.steps[-1].transition.instance.state is State.STOPPED
+    assert "web/django.0" not in r.instances  # retired and done: forgotten
 
 
 def test_vanished_pid_is_treated_as_dead() -> None:

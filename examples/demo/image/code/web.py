@@ -28,4 +28,5 @@ class InheritedServer(HTTPServer):
 server = InheritedServer(("", 0), Handler, bind_and_activate=False)
 server.socket = socket.socket(fileno=3)
 server.server_bind()
+print(f"{os.environ['LITHOS_NAME']}: serving on fd 3", flush=True)
 server.serve_forever()

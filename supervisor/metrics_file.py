@@ -1,0 +1,71 @@
+"""Publishing the metrics: the cantal files and a Prometheus text file.
+
+Owns the supervisor's only writes. The files live in runtime-dir (root's), so
+the broker creates them and hands them to the supervisor-user (broker/main.py);
+the supervisor only opens existing files, never creates or renames one:
+`<runtime-dir>/metrics.meta`, `metrics.values` (X-M1..X-M3: 8-byte values in
+host order, padded to 4096, updated in place so cantal's mmap sees them) and
+`metrics.prom` (Prometheus text exposition, for node_exporter's textfile
+collector). Writes are skipped when nothing changed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from supervisor.metrics import Sample, cantal_meta, cantal_values, prometheus_text
+
+log = logging.getLogger(__name__)
+
+SUFFIXES = (".meta", ".values", ".prom")
+
+
+def metric_paths(runtime_dir: Path) -> list[Path]:
+    base = runtime_dir / "metrics"
+    return [base.with_suffix(s) for s in SUFFIXES]
+
+
+class MetricsFiles:
+    """Writes samples into the pre-created metric files; errors are logged once."""
+
+    def __init__(self, runtime_dir: Path) -> None:
+        self.paths = dict(zip(SUFFIXES, metric_paths(runtime_dir), strict=True))
+        self._last: dict[str, bytes] = {}
+        self._failed: set[str] = set()
+
+    def publish(self, samples: Sequence[Sample]) -> None:
+        self._write(".meta", cantal_meta(samples))
+        self._write(".values", cantal_values(samples))
+        self._write(".prom", prometheus_text(samples).encode())
+
+    def _write(self, suffix: str, data: bytes) -> None:
+        if self._last.get(suffix) == data:
+            return
+        path = self.paths[suffix]
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except OSError as e:
+            if suffix not in self._failed:
+                log.warning("metrics: %s: %s (not published)", path, e.strerror)
+                self._failed.add(suffix)
+            return
+        try:
+            if os.fstat(fd).st_size != len(data):
+                os.ftruncate(fd, len(data))
+            view = memoryview(data)
+            offset = 0
+            while offset < len(data):
+                offset += os.pwrite(fd, view[offset:], offset)
+            self._last[suffix] = data
+            self._failed.discard(suffix)
+        except OSError as e:
+            if suffix not in self._failed:
+                log.warning("metrics: writing %s: %s", path, e.strerror)
+                self._failed.add(suffix)
+        finally:
+            with contextlib.suppress(OSError):
+                os.close(fd)
