@@ -189,9 +189,13 @@ def run(args: argparse.Namespace) -> int:
                   f"one ({samples} samples, interleaved)", "ms", _ordered(restartable, results))
         print(f"\n- load average after the run: {_load()}")
     finally:
-        for c in contenders:
-            c.close()
-        env.close()
+        try:  # processes first: a cgroup or a crun state can go only once they are gone
+            env.kill_all()
+            for c in contenders:
+                c.cleanup()
+                c.close()
+        finally:
+            env.close()
     return 0
 
 
