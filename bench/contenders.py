@@ -1,9 +1,9 @@
 """The contenders: each builds the same container and starts the payload in it.
 
 A contender has start_one(hold) (issue one start request; return as soon as it is
-issued: the harness waits for the payload's byte), start_many(n), restart-related
-hooks, and cleanup(). helpers(pids) says which of a running container's processes
-are the runtime's own (what stays resident per container besides the service).
+issued: the harness waits for the payload's byte), start_many(n),
+start_restarting(), settle() and cleanup(). For memory, every process under the
+harness that is not a payload (by its comm) counts as the runtime's own.
 
 The container, for everyone: new mount, pid, uts and ipc namespaces; the busybox
 image bind-mounted read-only as /; a tmpfs on /data; proc on /proc. Deviations
@@ -71,10 +71,6 @@ class Contender:
         pid of the process that restarts it (the service is its descendant)."""
         raise NotImplementedError
 
-    def helpers(self, pids: list[int]) -> list[int]:
-        """Of one container's processes (its tree), those that are not the service."""
-        return [p for p in pids if comm(p) not in PAYLOAD_COMMS]
-
     def cleanup(self) -> None:
         self.env.kill_all()
 
@@ -109,8 +105,12 @@ class Unshare(Contender):
 
     name = "unshare"
 
+    def __init__(self, env: BenchEnv) -> None:
+        super().__init__(env)
+        self.exe = shutil.which("unshare") or ""  # looked up once, not in the timed region
+
     def missing(self) -> str | None:
-        return None if shutil.which("unshare") else "unshare (util-linux) not found"
+        return None if self.exe else "unshare (util-linux) not found"
 
     def start_one(self, hold: bool) -> None:
         e = self.env
@@ -119,7 +119,7 @@ class Unshare(Contender):
                   f"mount -t tmpfs -o size=16m,nosuid,nodev tmpfs {m}/data; "
                   f"mount -t proc -o nosuid,nodev,noexec proc {m}/proc; cd {m}; "
                   f"pivot_root . tmp; umount -l /tmp; exec chroot . {payload(hold)}")
-        e.spawn([shutil.which("unshare") or "unshare", "-mpfiu", "--propagation", "private",
+        e.spawn([self.exe, "-mpfiu", "--propagation", "private",
                  "/bin/busybox", "sh", "-c", script])
 
 
@@ -128,12 +128,16 @@ class Bwrap(Contender):
 
     name = "bwrap"
 
+    def __init__(self, env: BenchEnv) -> None:
+        super().__init__(env)
+        self.exe = shutil.which("bwrap") or ""
+
     def missing(self) -> str | None:
-        return None if shutil.which("bwrap") else "bwrap not found (apt-get install bubblewrap)"
+        return None if self.exe else "bwrap not found (apt-get install bubblewrap)"
 
     def start_one(self, hold: bool) -> None:
         e = self.env
-        e.spawn([shutil.which("bwrap") or "bwrap", "--unshare-pid", "--unshare-ipc",
+        e.spawn([self.exe, "--unshare-pid", "--unshare-ipc",
                  "--unshare-uts", "--ro-bind", str(e.image), "/", "--tmpfs", "/data",
                  "--proc", "/proc", "--", payload(hold)])
 
@@ -153,16 +157,17 @@ class Crun(Contender):
         self.detached: list[str] = []
         self.launchers: list[int] = []
         self.bundles: dict[bool, Path] = {}
+        self.exe = shutil.which("crun") or ""
 
     def missing(self) -> str | None:
-        return None if shutil.which("crun") else "crun not found (apt-get install crun)"
+        return None if self.exe else "crun not found (apt-get install crun)"
 
     def _bundle(self, hold: bool) -> Path:
         if hold in self.bundles:
             return self.bundles[hold]
         bundle = self.env.tmp / f"crun-bundle-{'hold' if hold else 'once'}"
         bundle.mkdir()
-        subprocess.run(["crun", "spec"], cwd=bundle, check=True, capture_output=True)
+        subprocess.run([self.exe, "spec"], cwd=bundle, check=True, capture_output=True)
         cfg = json.loads((bundle / "config.json").read_text())
         cfg["root"] = {"path": str(self.env.image), "readonly": True}
         cfg["process"]["args"] = [payload(hold)]
@@ -186,7 +191,7 @@ class Crun(Contender):
         return bundle
 
     def _argv(self, *args: str) -> list[str]:
-        return [shutil.which("crun") or "crun", "--root", str(self.state),
+        return [self.exe, "--root", str(self.state),
                 "--cgroup-manager=disabled", *args]
 
     def prepare(self) -> None:
