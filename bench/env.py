@@ -142,7 +142,12 @@ class BenchEnv:
         if os.geteuid() != 0:
             raise BenchError("bench: must run as root (it creates namespaces and mounts)")
         if shutil.which("gcc") is None:
-            raise BenchError("bench: gcc not found (the C floor and payload are compiled here)")
+            raise BenchError("bench: gcc not found (the C floor and payload are compiled here; "
+                             "apt-get install gcc libc6-dev)")
+        if not os.path.exists(BUSYBOX):
+            raise BenchError(f"bench: {BUSYBOX} not found (the image is made from it; "
+                             "apt-get install busybox-static)")
+        self.sig_r = self.sig_w = -1
         self.tmp = Path(tempfile.mkdtemp(prefix="lithos-bench-"))
         self.ready_r, self.ready_w = os.pipe2(os.O_CLOEXEC)
         self.null = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
@@ -154,6 +159,13 @@ class BenchEnv:
         self.mnt.mkdir()
         self.bin = self.tmp / "prog"
         self.bin.mkdir()
+        try:
+            self._setup()
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(self) -> None:
         _private_mount_namespace()
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
@@ -287,9 +299,11 @@ class BenchEnv:
         try:
             self.kill_all()
         finally:
-            signal.set_wakeup_fd(self.old_wakeup)
-            signal.signal(signal.SIGCHLD, self.old_sigchld)
+            if self.sig_w >= 0:
+                signal.set_wakeup_fd(self.old_wakeup)
+                signal.signal(signal.SIGCHLD, self.old_sigchld)
             for fd in (self.ready_r, self.ready_w, self.null, self.errlog, self.sig_r,
                        self.sig_w):
-                os.close(fd)
+                if fd >= 0:
+                    os.close(fd)
             shutil.rmtree(self.tmp, ignore_errors=True)
