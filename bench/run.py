@@ -26,8 +26,9 @@ from bench.env import BenchEnv, BenchError
 from bench.tree import LithosTree
 
 MEASUREMENTS = ("spawn", "many", "memory", "restart")
-KEYS = {"floor": "C floor", "lithos": "lithos", "lithos-S": "lithos -S", "tree": "lithos tree",
-        "unshare": "unshare", "bwrap": "bwrap", "crun": "crun"}
+KEYS = {"floor": "C floor", "lithos": "lithos", "lithos-S": "lithos -S",
+        "lithos-fork": "lithos fork", "tree": "lithos tree", "unshare": "unshare",
+        "bwrap": "bwrap", "crun": "crun"}
 CRUN_MANY_MAX = 100  # crun is slow to start in bulk; larger N only for the others
 
 
@@ -155,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"- work dir: {env.tmp} (removed at exit)")
     contenders: list[Contender] = []
     try:
-        for cls in (*ALL[:3], LithosTree, *ALL[3:]):
+        for cls in (*ALL[:3], *_zygote(), LithosTree, *ALL[3:]):
             c = cls(env)
             if c.name not in wanted:
                 continue
@@ -199,9 +200,18 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _zygote() -> tuple[type[Contender], ...]:
+    try:
+        from bench.zygote import LithosZygote
+    except ImportError:  # no knot on this branch: LithosKnot.missing() says so
+        return ()
+    return (LithosZygote,)
+
+
 RESTART_NOTES = {"C floor": "pid 1 is a C loop: fork, exec, wait, again",
                  "lithos": "knot restart-process-only, restart-timeout 0",
                  "lithos -S": "knot restart-process-only, restart-timeout 0",
+                 "lithos fork": "knot restart-process-only, restart-timeout 0",
                  "lithos tree": "whole container: knot exits, broker reaps, supervisor "
                                 "restarts (restart-timeout 0)"}
 

@@ -81,12 +81,12 @@ def _importable(*names: str) -> bool:
 def test_lithos_contenders_many_memory_restart_and_cleanup() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "bench.run", "--only", "many,memory,restart", "--n", "2",
-         "--samples", "2", "--contenders", "floor,lithos,tree"],
+         "--samples", "2", "--contenders", "floor,lithos,lithos-fork,tree"],
         cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     out = done.stdout
     assert "failed" not in out, out
-    for name in ("C floor", "lithos", "lithos tree"):
+    for name in ("C floor", "lithos", "lithos fork", "lithos tree"):
         assert re.search(rf"^\| {name} \| 2 \| [0-9]+ \| [0-9.]+ \|", out, re.M), out  # many
         assert re.search(rf"^\| {name} \| 2 \| [0-9]\.\d\d \| [0-9]+ \|", out, re.M), out  # memory
         assert re.search(rf"^\| {name} \| [0-9.]+ \| [0-9.]+ \|", out, re.M), out  # restart
