@@ -1,7 +1,8 @@
 """python3 -m bench.run: lithos and its peers on the same work, in the same run.
 
 Usage (as root): python3 -m bench.run [--quick] [--only spawn,many,memory,restart]
-                 [--n 100] [--samples 50] [--contenders floor,lithos,unshare,bwrap,crun]
+                 [--n 100] [--samples 50] [--install-peers] [--no-nice]
+                 [--contenders floor,lithos,lithos-S,lithos-fork,tree,unshare,bwrap,crun]
 Prints the machine, then one table per measurement with the median, p90 and the
 ratio to the C floor measured in the same run. A contender that is missing (no
 bwrap, no knot.spawn on this branch) is named and skipped. --install-peers
