@@ -10,7 +10,8 @@ knot's whole life (the spawner blocked them before exec, so none is lost during
 setup, K-40) and are taken with sigwaitinfo/sigtimedwait; the only timeouts are
 the kill-timeout deadline and the restart-timeout wait. Runs after pivot_root:
 everything it needs must be imported before (this module imports only builtin
-or already-loaded modules). It never logs: lines go to the stdio log fd.
+or already-loaded modules). It never logs: lines go to the stdio log fd, worded
+by protocol.stdiolog (byte-identical to the native pid 1's, knot/init.c).
 """
 
 from __future__ import annotations
@@ -20,35 +21,14 @@ import os
 import signal
 import time
 from collections.abc import Mapping
+from datetime import UTC, datetime
 
 from knot import linux
 from knot.exitcodes import EXIT_ABNORMAL, EXIT_KILL_TIMEOUT, EXIT_NORMAL, EXIT_SETUP_FAILED
 from knot.spec import IdMap, Kind, KnotSpec
+from protocol import stdiolog
 
 WAITED_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGCHLD})
-
-
-def _stamp() -> str:
-    # RFC 3339 in UTC: after pivot_root the host's /etc/localtime is gone.
-    now = time.time()
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1e3):03d}Z"
-
-
-def _quoted(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def describe(status: int) -> str:
-    """A wait status in the original's words: `exited with code 1`, `killed by signal SIGKILL`."""
-    if os.WIFEXITED(status):
-        return f"exited with code {os.WEXITSTATUS(status)}"
-    sig = os.WTERMSIG(status)
-    try:
-        name = signal.Signals(sig).name
-    except ValueError:
-        name = str(sig)
-    core = " (core dumped)" if os.WCOREDUMP(status) else ""
-    return f"killed by signal {name}{core}"
 
 
 def is_normal(spec: KnotSpec, status: int, got_sigterm: bool) -> bool:
@@ -63,9 +43,14 @@ def is_normal(spec: KnotSpec, status: int, got_sigterm: bool) -> bool:
     return spec.kind is not Kind.DAEMON and code == 0
 
 
-def _log(log_fd: int | None, text: str) -> None:
+def _log(log_fd: int | None, line: bytes) -> None:
     if log_fd is not None:
-        os.write(log_fd, f"{_stamp()}: ----- {text} -----\n".encode())
+        os.write(log_fd, line)
+
+
+def _now() -> datetime:
+    # UTC: after pivot_root the host's /etc/localtime is gone.
+    return datetime.now(UTC)
 
 
 def _fail(spec: KnotSpec, text: str) -> None:
@@ -157,8 +142,8 @@ def start_service(spec: KnotSpec, environ: Mapping[str, str], out_fd: int | None
             os.kill(pid, signal.SIGCONT)
         else:
             os.close(report_r)
-            _fail(spec, f"start service: {describe(status)} before exec (uid-map in "
-                        f"{spec.container_config})")
+            _fail(spec, f"start service: {stdiolog.status_text_of(status)} before exec "
+                        f"(uid-map in {spec.container_config})")
     chunks = []
     while chunk := os.read(report_r, 4096):  # EOF at exec: the pipe is CLOEXEC
         chunks.append(chunk)
@@ -216,10 +201,10 @@ def supervise(spec: KnotSpec, environ: Mapping[str, str], log_fd: int | None) ->
     should_exit = not (spec.kind is Kind.DAEMON and spec.restart_process_only)
     got_sigterm = False
     exit_code = EXIT_ABNORMAL
-    cmd = " ".join(_quoted(a) for a in (spec.executable, *spec.argv[1:]))
+    cmd = [spec.executable, *spec.argv[1:]]
     while True:
         out_fd, owned = _open_output(spec, log_fd)
-        _log(log_fd, f'Starting "{spec.name}": {cmd}')
+        _log(log_fd, stdiolog.start_line(spec.name, cmd, _now()))
         started = time.monotonic()
         pid = start_service(spec, environ, out_fd)
         if owned and out_fd is not None:
@@ -230,8 +215,8 @@ def supervise(spec: KnotSpec, environ: Mapping[str, str], log_fd: int | None) ->
             signo = _wait(None if deadline is None else deadline - time.monotonic())
             if signo is None:  # STOPPING: kill-timeout passed with the service alive
                 uptime = time.monotonic() - started
-                _log(log_fd, f'Process "{spec.name}" did not respond to SIGTERM in '
-                             f'{spec.kill_timeout_s:g}s, uptime {uptime:.0f}s. Killing..')
+                _log(log_fd, stdiolog.kill_timeout_line(spec.name, spec.kill_timeout_s, uptime,
+                                                        _now()))
                 os._exit(EXIT_KILL_TIMEOUT)  # pid 1 exits: the kernel kills the rest
             if signo == signal.SIGINT:
                 should_exit = True  # not forwarded (K-41)
@@ -248,7 +233,8 @@ def supervise(spec: KnotSpec, environ: Mapping[str, str], log_fd: int | None) ->
         uptime = time.monotonic() - started
         normal = is_normal(spec, status, got_sigterm)
         exit_code = EXIT_NORMAL if normal else EXIT_ABNORMAL
-        _log(log_fd, f'Process "{spec.name}" {describe(status)}, uptime {uptime:.0f}s')
+        _log(log_fd, stdiolog.death_line(spec.name, stdiolog.status_text_of(status), uptime,
+                                         _now()))
         if should_exit:
             return exit_code
         # Daemon with restart-process-only: same container, new service process,

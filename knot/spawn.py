@@ -33,7 +33,7 @@ import signal
 import sys
 from collections.abc import Mapping
 
-from knot import linux
+from knot import initbin, linux
 from knot.exitcodes import EXIT_SETUP_FAILED
 from knot.spec import KnotSpec
 
@@ -99,8 +99,12 @@ def _child(argv: list[str], fds: Mapping[int, int], parent_pidfd: int, pdeathsig
             os._exit(EXIT_SETUP_FAILED)
 
 
+AUTO = "auto"
+
+
 def spawn_knot(spec: KnotSpec, *, inherited_fds: Mapping[int, int], stdin: int, stdout: int,
-               stderr: int, stdio_log: int | None = None, pdeathsig: bool = True) -> int:
+               stderr: int, stdio_log: int | None = None, pdeathsig: bool = True,
+               native_init: str | os.PathLike[str] | None = AUTO) -> int:
     """Forks and execs the knot for `spec`; returns its pid as the caller sees it.
 
     inherited_fds maps the fd number the service must see (spec.tcp_fds) to the
@@ -110,6 +114,9 @@ def spawn_knot(spec: KnotSpec, *, inherited_fds: Mapping[int, int], stdin: int, 
     pdeathsig=False is for lithos_tree: its containers must outlive a broker that
     is killed (it finds them again from its records); lithos_cmd keeps the
     original's SIGKILL on parent death (T-52).
+    native_init: the native pid 1 binary the knot execs after setup (knot/init.c);
+    None runs the Python pid 1; AUTO asks knot.initbin.choose() (native when it can
+    be built, unless LITHOS_KNOT_INIT=python).
     Raises: ValueError if inherited_fds does not match spec.tcp_fds; OSError.
     """
     if sorted(inherited_fds) != sorted(spec.tcp_fds):
@@ -125,6 +132,10 @@ def spawn_knot(spec: KnotSpec, *, inherited_fds: Mapping[int, int], stdin: int, 
         if stdio_log is not None and log_no is not None:
             fds[log_no] = stdio_log
         argv = knot_argv(spec.name, spec_no, log_no)
+        if native_init == AUTO:
+            native_init = initbin.choose()
+        if native_init is not None:
+            argv += ["--init", os.fspath(native_init)]
         pidfd = os.pidfd_open(os.getpid())
         own_pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
         # Blocked across the fork too: a SIGTERM between fork and exec would be

@@ -5,6 +5,10 @@ made by knot.mkdev, a mount dir and a state dir; knots started with spawn_knot
 are SIGKILLed and reaped in the finalizer if still alive; and the host's
 /proc/self/mountinfo must be the same after the test as before (nothing mounted
 on the host), with no state dir left behind.
+
+Every test that uses `env` runs twice: with the native pid 1 (knot/init.c, built
+once per session into a temp dir by knot.initbin) and with the Python pid 1
+(knot.service). LITHOS_KNOT_INIT=python or =native runs only that mode.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from knot import mkdev
+from knot import initbin, mkdev
 from knot.spawn import spawn_knot
 from knot.spec import HostsFile, Kind, KnotSpec, ResolvConf
 
@@ -105,6 +109,7 @@ class Env:
     host_resolv: Path
     host_hosts: Path
     started: list[Knot]
+    native_init: Path | None  # None: the Python pid 1
 
     def spec(self, script: str, **overrides: Any) -> KnotSpec:
         name = overrides.pop("name", "test/svc.0")
@@ -142,7 +147,8 @@ class Env:
         null = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
         try:
             pid = spawn_knot(spec, inherited_fds=fds, stdin=null,
-                             stdout=err_fd, stderr=err_fd, stdio_log=log_fd)
+                             stdout=err_fd, stderr=err_fd, stdio_log=log_fd,
+                             native_init=self.native_init)
         finally:
             for fd in (log_fd, err_fd, null):
                 os.close(fd)
@@ -179,8 +185,27 @@ def devfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     shutil.rmtree(root)
 
 
+INIT_MODES = [m for m in initbin.MODES if os.environ.get(initbin.MODE_ENV, m) == m]
+
+
+@pytest.fixture(scope="session")
+def native_init_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """knot/init.c compiled once per session (CI has cc and a static libc: tests/run)."""
+    path, why = initbin.build(tmp_path_factory.mktemp("init-cache"))
+    assert path is not None, why
+    return path
+
+
+@pytest.fixture(params=INIT_MODES)
+def init_mode(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture
-def env(tmp_path: Path, devfs: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+def env(tmp_path: Path, devfs: Path, tmp_path_factory: pytest.TempPathFactory,
+        init_mode: str, request: pytest.FixtureRequest) -> Iterator[Env]:
+    native = (request.getfixturevalue("native_init_binary") if init_mode == "native"
+              else None)
     base = tmp_path_factory.getbasetemp()
     before = _mountinfo(base)
     image = build_image(tmp_path / "image")
@@ -191,7 +216,8 @@ def env(tmp_path: Path, devfs: Path, tmp_path_factory: pytest.TempPathFactory) -
     hosts = tmp_path / "host-hosts"
     hosts.write_text("192.0.2.1 host-one")
     e = Env(tmp=tmp_path, image=image, devfs=devfs, mount_dir=tmp_path / "mnt",
-            state_root=tmp_path / "state", host_resolv=resolv, host_hosts=hosts, started=[])
+            state_root=tmp_path / "state", host_resolv=resolv, host_hosts=hosts, started=[],
+            native_init=native)
     try:
         yield e
     finally:

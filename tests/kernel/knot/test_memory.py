@@ -12,7 +12,10 @@ import pytest
 requires_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 pytestmark = requires_root
 
-PSS_LIMIT_KB = 12 * 1024  # a regression guard, not a goal; the figure is in the report
+# Regression guards, not goals; the figures are in BENCHMARKS.md ("Native pid 1"). On
+# private dirty memory: what each container adds. The native pid 1's clean pages are its
+# static binary's, shared by every container (alone, they count fully in its Pss).
+DIRTY_LIMIT_KB = {"python": 12 * 1024, "native": 256}
 
 
 def rollup(pid: int) -> dict[str, int]:
@@ -23,14 +26,15 @@ def rollup(pid: int) -> dict[str, int]:
     return fields
 
 
-def test_knot_pss_while_waiting(env):
+def test_knot_pss_while_waiting(env, init_mode):
     started = time.monotonic()
     knot = env.start(env.spec("echo ready >&3; exec sleep 1000"), events=True)
     assert knot.read_event() == "ready"
     print(f"\nspawn_knot to the service's first line: {(time.monotonic() - started) * 1e3:.0f} ms")
     mem = rollup(knot.pid)
-    print(f"\nknot memory while waiting: Pss {mem['Pss']} kB, Rss {mem['Rss']} kB, "
-          f"Private {mem['Private_Clean'] + mem['Private_Dirty']} kB")
+    print(f"\n{init_mode} knot memory while waiting: Pss {mem['Pss']} kB, Rss {mem['Rss']} kB, "
+          f"Private {mem['Private_Clean'] + mem['Private_Dirty']} kB "
+          f"(dirty {mem['Private_Dirty']} kB, anonymous {mem['Anonymous']} kB)")
     os.kill(knot.pid, signal.SIGTERM)
     assert knot.wait() == 0
-    assert mem["Pss"] < PSS_LIMIT_KB
+    assert mem["Private_Dirty"] < DIRTY_LIMIT_KB[init_mode]

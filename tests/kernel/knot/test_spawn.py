@@ -29,7 +29,8 @@ from knot.spawn import spawn_knot
 from knot.spec import KnotSpec
 spec = KnotSpec.from_json(open(sys.argv[3]).read())
 events, go = int(sys.argv[4]), int(sys.argv[5])
-pid = spawn_knot(spec, inherited_fds={3: events}, stdin=go, stdout=2, stderr=2)
+pid = spawn_knot(spec, inherited_fds={3: events}, stdin=go, stdout=2, stderr=2,
+                 native_init=sys.argv[6] or None)
 os.close(events); os.close(go)
 print(pid, flush=True)
 if sys.argv[1] == "exec":
@@ -48,7 +49,7 @@ def test_pdeathsig_kills_the_knot_when_its_parent_dies_but_not_when_it_execs(env
     try:  # events_w and go_r become the knot's fd 3 and stdin
         parent = subprocess.Popen(
             [sys.executable, "-c", PARENT, mode, str(WORKTREE), str(spec_file),
-             str(events_w), str(go_r)],
+             str(events_w), str(go_r), str(env.native_init or "")],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, pass_fds=(events_w, go_r),
             text=True)
     finally:

@@ -1,0 +1,487 @@
+/* lithos-init: the knot's pid-1 duties in C, exec'd by the Python knot after setup.
+ *
+ * Why: a waiting Python knot keeps ~9 MB private per container; this keeps ~0.1 MB
+ * (BENCHMARKS.md, "Native pid 1"). It does exactly what knot/service.py's supervise()
+ * does, and nothing else: every decision (argv, environment, ids, fds, timeouts, the
+ * quoted texts of the stdio-log lines) was made by the Python knot and arrives on an
+ * inherited fd as a description (knot/initdesc.py owns its format):
+ *
+ *     lithos_knot --name NAME --init-fd N
+ *
+ * The description is NUL-terminated fields in a fixed order, read fully and parsed
+ * strictly before anything else; anything malformed is one line on stderr and exit 78.
+ *
+ * Rules (as the Python pid 1): SIGTERM, SIGINT and SIGCHLD stay blocked for our whole
+ * life (blocked since the spawner, K-40) and are taken with sigwaitinfo/sigtimedwait;
+ * no polling. Exit codes are knot/exitcodes.py's. Only libc; built with
+ * `cc -O2 -static` by knot/initbin.py.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <limits.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+enum { EXIT_NORMAL = 0, EXIT_ABNORMAL = 2, EXIT_KILL_TIMEOUT = 3, EXIT_SETUP_FAILED = 78 };
+#define MAGIC "lithos-init/1"
+#define MAX_DESC (16 << 20)   /* bytes */
+#define MAX_LIST 65536        /* items in one list */
+
+/* The description, as knot/initdesc.py encodes it (same order). */
+struct desc {
+    char *name, *quoted_name, *command_text, *container_config;
+    int daemon, restart_process_only;
+    long long kill_timeout_ns, restart_timeout_ns;
+    char *kill_timeout_text;
+    int ncodes; int *codes;               /* normal-exit-codes */
+    int log_fd;                           /* -1: no stdio log */
+    int output;                           /* 'l' log, 'i' inherit (interactive), 'f' file */
+    char *output_file;
+    long long uid, gid;
+    char *uid_map, *gid_map;              /* ready to write; both "" when no user ns */
+    char *workdir, *executable;
+    int nargv; char **argv;
+    int nenv; char **env;
+    int npidvars; char **pidvars;
+    int nfds; int *fds;                   /* tcp fds, kept for the service */
+};
+
+static struct desc d;
+static const char *knot_name = "?";
+
+/* ---- reading the description: every field checked, one line on error ---- */
+
+static char *buf, *cur, *end;
+static int field_no;
+
+static void bad(const char *what, const char *field) {
+    dprintf(2, "knot[%s]: init description: field %d (%s): %s\n", knot_name, field_no, field,
+            what);
+    _exit(EXIT_SETUP_FAILED);
+}
+
+static char *next_str(const char *field) {
+    field_no++;
+    char *nul = cur < end ? memchr(cur, '\0', (size_t)(end - cur)) : NULL;
+    if (!nul) bad("missing or not NUL-terminated", field);
+    char *s = cur;
+    cur = nul + 1;
+    return s;
+}
+
+static long long next_int(const char *field, long long lo, long long hi) {
+    char *s = next_str(field);
+    long long v = 0;
+    int neg = (*s == '-');
+    const char *p = s + neg;
+    if (!*p || (p[0] == '0' && p[1])) bad("not a decimal integer", field);
+    for (; *p; p++) {
+        if (*p < '0' || *p > '9' || v > (LLONG_MAX - 9) / 10) bad("not a decimal integer", field);
+        v = v * 10 + (*p - '0');
+    }
+    v = neg ? -v : v;
+    if (v < lo || v > hi) bad("out of range", field);
+    return v;
+}
+
+static char **next_strs(const char *field, int *n) {
+    *n = (int)next_int(field, 0, MAX_LIST);
+    char **items = calloc((size_t)*n + 1, sizeof *items);   /* NULL-terminated */
+    if (!items) bad("out of memory", field);
+    for (int i = 0; i < *n; i++) items[i] = next_str(field);
+    return items;
+}
+
+static int *next_ints(const char *field, int *n, long long lo, long long hi) {
+    *n = (int)next_int(field, 0, MAX_LIST);
+    int *items = calloc((size_t)*n + 1, sizeof *items);
+    if (!items) bad("out of memory", field);
+    for (int i = 0; i < *n; i++) items[i] = (int)next_int(field, lo, hi);
+    return items;
+}
+
+static void read_desc(int fd) {
+    size_t size = 0, cap = 65536;
+    buf = malloc(cap);
+    for (;;) {                     /* pread from 0 (a memfd), or read (a pipe) */
+        if (!buf) bad("out of memory", "read");
+        ssize_t n = pread(fd, buf + size, cap - size, (off_t)size);
+        if (n < 0 && errno == ESPIPE) n = read(fd, buf + size, cap - size);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) bad(strerrorname_np(errno), "read");
+        if (n == 0) break;
+        size += (size_t)n;
+        if (size > MAX_DESC) bad("larger than 16 MiB", "read");
+        if (size == cap) buf = realloc(buf, cap *= 2);
+    }
+    close(fd);
+    cur = buf;
+    end = buf + size;
+    if (strcmp(next_str("magic"), MAGIC) != 0) bad("not " MAGIC, "magic");
+    d.name = next_str("name");
+    knot_name = d.name;
+    d.quoted_name = next_str("quoted-name");
+    d.command_text = next_str("command-text");
+    d.container_config = next_str("container-config");
+    char *kind = next_str("kind");
+    if (strcmp(kind, "Daemon") && strcmp(kind, "Command")) bad("not Daemon or Command", "kind");
+    d.daemon = !strcmp(kind, "Daemon");
+    d.restart_process_only = (int)next_int("restart-process-only", 0, 1);
+    d.kill_timeout_ns = next_int("kill-timeout-ns", 0, 86400LL * 1000000000);
+    d.kill_timeout_text = next_str("kill-timeout-text");
+    d.restart_timeout_ns = next_int("restart-timeout-ns", 0, 86400LL * 1000000000);
+    d.codes = next_ints("normal-exit-codes", &d.ncodes, 0, 255);
+    d.log_fd = (int)next_int("log-fd", -1, INT_MAX);
+    char *output = next_str("output");
+    if (strcmp(output, "log") && strcmp(output, "inherit") && strcmp(output, "file"))
+        bad("not log, inherit or file", "output");
+    d.output = output[0] == 'i' ? 'i' : output[0];
+    d.output_file = next_str("output-file");
+    if ((d.output == 'f') != (d.output_file[0] == '/')) bad("absolute path iff file", "output-file");
+    d.uid = next_int("uid", 0, 0xFFFFFFFELL);
+    d.gid = next_int("gid", 0, 0xFFFFFFFELL);
+    d.uid_map = next_str("uid-map");
+    d.gid_map = next_str("gid-map");
+    d.workdir = next_str("workdir");
+    d.executable = next_str("executable");
+    d.argv = next_strs("argv", &d.nargv);
+    d.env = next_strs("environ", &d.nenv);
+    for (int i = 0; i < d.nenv; i++)
+        if (!strchr(d.env[i], '=')) bad("an entry without '='", "environ");
+    d.pidvars = next_strs("pid-env-vars", &d.npidvars);
+    d.fds = next_ints("tcp-fds", &d.nfds, 0, INT_MAX);
+    if (strcmp(next_str("end"), "end") != 0) bad("not end", "end");
+    if (cur != end) bad("trailing bytes", "end");
+    if (d.nargv < 1) bad("empty", "argv");
+}
+
+/* ---- the stdio-log lines, byte-identical to protocol/stdiolog.py ---- */
+
+static const char *const signames[65] = {
+    [SIGHUP] = "SIGHUP", [SIGINT] = "SIGINT", [SIGQUIT] = "SIGQUIT", [SIGILL] = "SIGILL",
+    [SIGTRAP] = "SIGTRAP", [SIGABRT] = "SIGABRT", [SIGBUS] = "SIGBUS", [SIGFPE] = "SIGFPE",
+    [SIGKILL] = "SIGKILL", [SIGUSR1] = "SIGUSR1", [SIGSEGV] = "SIGSEGV", [SIGUSR2] = "SIGUSR2",
+    [SIGPIPE] = "SIGPIPE", [SIGALRM] = "SIGALRM", [SIGTERM] = "SIGTERM",
+    [SIGSTKFLT] = "SIGSTKFLT", [SIGCHLD] = "SIGCHLD", [SIGCONT] = "SIGCONT",
+    [SIGSTOP] = "SIGSTOP", [SIGTSTP] = "SIGTSTP", [SIGTTIN] = "SIGTTIN", [SIGTTOU] = "SIGTTOU",
+    [SIGURG] = "SIGURG", [SIGXCPU] = "SIGXCPU", [SIGXFSZ] = "SIGXFSZ",
+    [SIGVTALRM] = "SIGVTALRM", [SIGPROF] = "SIGPROF", [SIGWINCH] = "SIGWINCH",
+    [SIGIO] = "SIGIO", [SIGPWR] = "SIGPWR", [SIGSYS] = "SIGSYS",
+    [34] = "SIGRTMIN", [64] = "SIGRTMAX",   /* Python's signal.Signals names */
+};
+
+/* stdiolog.status_text_of: `exited with code 1`, `killed by signal SIGKILL[9]`. */
+static void status_text(char *out, size_t size, int status) {
+    if (WIFSIGNALED(status)) {
+        int sig = WTERMSIG(status);
+        char fallback[16];
+        snprintf(fallback, sizeof fallback, "SIG%d", sig);
+        snprintf(out, size, "killed by signal %s[%d]%s",
+                 sig < 65 && signames[sig] ? signames[sig] : fallback, sig,
+                 WCOREDUMP(status) ? " (core dumped)" : "");
+    } else {
+        snprintf(out, size, "exited with code %d", WEXITSTATUS(status));
+    }
+}
+
+static long long now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/* `<rfc3339>: ----- <text> -----\n` in one write; nothing when there is no log. */
+static void log_line(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void log_line(const char *fmt, ...) {
+    if (d.log_fd < 0) return;
+    char stamp[32], text[8192];
+    time_t t = time(NULL);
+    struct tm tm;
+    strftime(stamp, sizeof stamp, "%Y-%m-%dT%H:%M:%SZ", gmtime_r(&t, &tm));
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(text, sizeof text, fmt, ap);
+    va_end(ap);
+    dprintf(d.log_fd, "%s: ----- %s -----\n", stamp, text);
+}
+
+/* ---- the service ---- */
+
+/* One line on stderr, then exit 78 (service.py's _fail). */
+static void fail(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+static void fail(const char *fmt, ...) {
+    char text[8192];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(text, sizeof text, fmt, ap);
+    va_end(ap);
+    dprintf(2, "knot[%s]: %s\n", d.name, text);
+    _exit(EXIT_SETUP_FAILED);
+}
+
+#define ERR(e) strerrorname_np(e) ? strerrorname_np(e) : "?", strerror(e)
+
+/* What the child was doing when it failed: service.py's `what` (action, config key). */
+enum step { PREPARE, USERNS, IDS, CHDIR, EXEC };
+struct report { int step, err; };
+
+static void child_fail(int report_fd, enum step step) {
+    struct report r = { step, errno };
+    (void)!write(report_fd, &r, sizeof r);
+    _exit(127);
+}
+
+/* Closes every fd but 0-2, the tcp fds and the report pipe (close_range over the gaps:
+   fds above a lowered RLIMIT_NOFILE too). */
+static void close_all_but(int report_fd) {
+    int kept[MAX_LIST + 4], n = 0;
+    kept[n++] = 0; kept[n++] = 1; kept[n++] = 2; kept[n++] = report_fd;
+    for (int i = 0; i < d.nfds; i++) kept[n++] = d.fds[i];
+    for (int i = 1; i < n; i++)   /* insertion sort: a handful of fds */
+        for (int j = i; j > 0 && kept[j - 1] > kept[j]; j--) {
+            int t = kept[j]; kept[j] = kept[j - 1]; kept[j - 1] = t;
+        }
+    unsigned low = 0;
+    for (int i = 0; i < n; i++) {
+        if ((unsigned)kept[i] > low) close_range(low, (unsigned)kept[i] - 1, 0);
+        if ((unsigned)kept[i] + 1 > low) low = (unsigned)kept[i] + 1;
+    }
+    close_range(low, ~0U, 0);
+}
+
+/* In the forked child: the last steps, then exec (service.py's _exec_service). */
+static void exec_service(int out_fd, int report_fd) {
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0) child_fail(report_fd, PREPARE);  /* K-50 */
+    if (d.uid_map[0] || d.gid_map[0]) {
+        if (unshare(CLONE_NEWUSER) != 0) child_fail(report_fd, USERNS);
+        kill(getpid(), SIGSTOP);   /* the parent writes the maps, then SIGCONTs */
+    }
+    for (int sig = 1; sig < NSIG; sig++) signal(sig, SIG_DFL);   /* errors: not settable */
+    if (out_fd >= 0 && (dup2(out_fd, 1) < 0 || dup2(out_fd, 2) < 0))
+        child_fail(report_fd, PREPARE);
+    close_all_but(report_fd);
+    for (int i = 0; i < d.nfds; i++) fcntl(d.fds[i], F_SETFD, 0);   /* inheritable */
+    /* V-15, V-17: the pid variables, replaced in place or appended (as a dict does). */
+    char **env = calloc((size_t)(d.nenv + d.npidvars + 1), sizeof *env);
+    if (!env) child_fail(report_fd, PREPARE);
+    int n = d.nenv;
+    memcpy(env, d.env, (size_t)n * sizeof *env);
+    for (int v = 0; v < d.npidvars; v++) {
+        char *entry;
+        if (asprintf(&entry, "%s=%d", d.pidvars[v], (int)getpid()) < 0)
+            child_fail(report_fd, PREPARE);
+        size_t len = strlen(d.pidvars[v]);
+        int i = 0;
+        while (i < n && !(strncmp(env[i], entry, len + 1) == 0)) i++;
+        env[i] = entry;
+        if (i == n) n++;
+    }
+    if (setgroups(0, NULL) || setgid((gid_t)d.gid) || setuid((uid_t)d.uid))
+        child_fail(report_fd, IDS);
+    if (chdir(d.workdir) != 0) child_fail(report_fd, CHDIR);
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    execve(d.executable, d.argv, env);
+    child_fail(report_fd, EXEC);
+}
+
+static void write_map(pid_t pid, const char *kind, const char *text) {
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/%s", (int)pid, kind);
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0 || write(fd, text, strlen(text)) < 0) {
+        int err = errno;
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+        fail("start service: write %s: %s (%s) (uid-map in %s)", path, ERR(err),
+             d.container_config);
+    }
+    close(fd);
+}
+
+/* Forks the service (pid 2 at the first start); exits if its exec fails. */
+static pid_t start_service(int out_fd) {
+    int pipefd[2];
+    if (pipe2(pipefd, O_CLOEXEC) != 0) fail("start service: pipe: %s (%s)", ERR(errno));
+    pid_t pid = fork();
+    if (pid < 0) fail("start service: fork: %s (%s)", ERR(errno));
+    if (pid == 0) {
+        close(pipefd[0]);
+        exec_service(out_fd, pipefd[1]);
+    }
+    close(pipefd[1]);
+    if (d.uid_map[0] || d.gid_map[0]) {
+        int status;
+        waitpid(pid, &status, WUNTRACED);
+        if (!WIFSTOPPED(status)) {
+            char text[128];
+            status_text(text, sizeof text, status);
+            fail("start service: %s before exec (uid-map in %s)", text, d.container_config);
+        }
+        write_map(pid, "uid_map", d.uid_map);
+        write_map(pid, "gid_map", d.gid_map);
+        kill(pid, SIGCONT);
+    }
+    struct report r;
+    ssize_t n;   /* EOF at exec: the pipe is CLOEXEC */
+    while ((n = read(pipefd[0], &r, sizeof r)) < 0 && errno == EINTR) {}
+    close(pipefd[0]);
+    if (n == (ssize_t)sizeof r) {
+        waitpid(pid, NULL, 0);
+        char action[PATH_MAX + 64];
+        const char *key = "";
+        switch (r.step) {
+        case USERNS: snprintf(action, sizeof action, "unshare user namespace"); key = "uid-map";
+            break;
+        case IDS: snprintf(action, sizeof action, "setgroups/setgid %lld/setuid %lld", d.gid,
+                           d.uid); key = "user-id"; break;
+        case CHDIR: snprintf(action, sizeof action, "chdir %s", d.workdir); key = "workdir"; break;
+        case EXEC: snprintf(action, sizeof action, "exec %s", d.executable); key = "executable";
+            break;
+        default: snprintf(action, sizeof action, "prepare the service");
+        }
+        fail("start service: %s: %s (%s) (%s in %s)", action, ERR(r.err), key,
+             d.container_config);
+    }
+    return pid;
+}
+
+/* K-53: the fd for the service's stdout/stderr; *owned when we must close it. */
+static int open_output(int *owned) {
+    *owned = 0;
+    if (d.output == 'i') return -1;
+    if (d.output == 'l') return d.log_fd;
+    int fd = open(d.output_file, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (fd < 0)
+        fail("open stdout-stderr-file: %s: %s (%s) (stdout-stderr-file in %s)", d.output_file,
+             ERR(errno), d.container_config);
+    *owned = 1;
+    return fd;
+}
+
+static sigset_t waited;
+
+/* The next waited signal, or 0 when timeout_ns (>= 0; -1: none) passed. */
+static int wait_signal(long long timeout_ns) {
+    for (;;) {
+        int sig;
+        if (timeout_ns < 0) {
+            sig = sigwaitinfo(&waited, NULL);
+        } else {
+            struct timespec ts = { timeout_ns / 1000000000, timeout_ns % 1000000000 };
+            sig = sigtimedwait(&waited, NULL, &ts);
+            if (sig < 0 && errno == EAGAIN) return 0;
+        }
+        if (sig > 0) return sig;   /* EINTR (SIGCONT, SIGSTOP): wait again */
+    }
+}
+
+/* Every zombie, as pid 1 must; returns the status of `pid` or -1 if it still runs. */
+static int reap(pid_t pid) {
+    int status, found = -1;
+    pid_t dead;
+    while ((dead = waitpid(-1, &status, WNOHANG)) > 0)
+        if (dead == pid) found = status;
+    return found;
+}
+
+/* K-42. Unlike the original, exit codes are unsigned (E-46): [200] matches 200. */
+static int is_normal(int status, int got_sigterm) {
+    if (got_sigterm) return 1;
+    if (WIFSIGNALED(status)) return WTERMSIG(status) == SIGTERM;
+    int code = WEXITSTATUS(status);
+    if (d.ncodes == 0) return !d.daemon && code == 0;
+    for (int i = 0; i < d.ncodes; i++)
+        if (d.codes[i] == code) return 1;
+    return 0;
+}
+
+/* K-41: service.py's supervise(), line for line; returns the exit code. */
+static int supervise(void) {
+    int should_exit = !(d.daemon && d.restart_process_only), got_sigterm = 0;
+    for (;;) {
+        int owned, out_fd = open_output(&owned);
+        log_line("Starting %s: %s", d.quoted_name, d.command_text);
+        long long started = now_ns(), deadline = -1;
+        pid_t pid = start_service(out_fd);
+        if (owned) close(out_fd);
+        int status = -1;
+        while (status == -1) {
+            int sig = wait_signal(deadline < 0 ? -1 : (deadline > now_ns() ? deadline - now_ns()
+                                                                                : 0));
+            if (sig == 0) {   /* STOPPING: kill-timeout passed with the service alive */
+                log_line("Process %s did not respond to SIGTERM in %s, uptime %llds. Killing..",
+                         d.quoted_name, d.kill_timeout_text, (now_ns() - started) / 1000000000);
+                _exit(EXIT_KILL_TIMEOUT);   /* pid 1 exits: the kernel kills the rest */
+            }
+            if (sig == SIGINT) {
+                should_exit = 1;   /* not forwarded (K-41) */
+            } else if (sig == SIGTERM) {
+                should_exit = 1;
+                if (!got_sigterm) {   /* one SIGTERM per start, to the service only */
+                    got_sigterm = 1;
+                    kill(pid, SIGTERM);
+                    deadline = now_ns() + d.kill_timeout_ns;
+                }
+            } else {
+                status = reap(pid);
+            }
+        }
+        long long uptime_ns = now_ns() - started;
+        int exit_code = is_normal(status, got_sigterm) ? EXIT_NORMAL : EXIT_ABNORMAL;
+        char text[128];
+        status_text(text, sizeof text, status);
+        log_line("Process %s %s, uptime %llds", d.quoted_name, text, uptime_ns / 1000000000);
+        if (should_exit) return exit_code;
+        /* Daemon with restart-process-only: same container, new service process,
+           restart-timeout measured from the previous start (E-13). */
+        long long remaining = d.restart_timeout_ns - uptime_ns;
+        while (remaining > 0) {
+            int sig = wait_signal(remaining);
+            if (sig == 0) break;
+            if (sig == SIGTERM) return EXIT_NORMAL;
+            if (sig == SIGINT) return exit_code;
+            reap(-1);
+            remaining = d.restart_timeout_ns - (now_ns() - started);
+        }
+    }
+}
+
+int main(int argc, char **argv) {
+    /* K-40: blocked since the spawner; block again for a run by hand. */
+    sigemptyset(&waited);
+    sigaddset(&waited, SIGTERM);
+    sigaddset(&waited, SIGINT);
+    sigaddset(&waited, SIGCHLD);
+    sigprocmask(SIG_BLOCK, &waited, NULL);
+    prctl(PR_SET_NAME, "lithos_knot");   /* fexecve would name us "3" in ps */
+    if (argc != 5 || strcmp(argv[1], "--name") || strcmp(argv[3], "--init-fd")) {
+        dprintf(2, "knot[?]: usage: lithos_knot --name NAME --init-fd N\n");
+        return EXIT_SETUP_FAILED;
+    }
+    knot_name = argv[2];
+    char *p = argv[4];
+    int fd = 0;
+    for (; *p >= '0' && *p <= '9' && fd < 1 << 20; p++) fd = fd * 10 + (*p - '0');
+    if (*p || p == argv[4]) {
+        dprintf(2, "knot[%s]: usage: --init-fd takes an fd number\n", knot_name);
+        return EXIT_SETUP_FAILED;
+    }
+    read_desc(fd);
+    if (strcmp(d.name, argv[2]) != 0)
+        bad("does not match --name", "name");
+    if (d.log_fd >= 0) fcntl(d.log_fd, F_SETFD, FD_CLOEXEC);   /* never the service's */
+    return supervise();
+}

@@ -1,0 +1,110 @@
+"""The native pid 1 (knot/init.c), compiled on demand and cached.
+
+lithos is a Python package with no build step, and production hosts may have no
+compiler: init.c ships as package data and is compiled here, once per source
+version, with `cc -O2 -static`, into `<cache dir>/lithos-init-<hash>` (the hash of
+the source and of the command). The binary is static, so the container's image
+needs nothing; the knot opens it before pivot_root and execs it by fd.
+
+Rules: runs in the spawner (the broker or lithos_cmd, as root), never in a knot.
+The cache dir must be root-owned and not writable by group or others (a binary
+there runs as pid 1 of every container); it is created 0755 when missing. The
+binary is written atomically (compiled to a temporary name in the same dir, then
+renamed). When there is no compiler, no static libc, or the cache dir is not
+safe, build() returns None and the caller uses the Python pid 1; choose() logs
+that once per process.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+import shutil
+import stat
+import subprocess
+import tempfile
+from pathlib import Path
+
+SOURCE = Path(__file__).with_name("init.c")
+DEFAULT_CACHE_DIR = Path("/var/lib/lithos/init")
+CFLAGS = ("-O2", "-static")
+# LITHOS_KNOT_INIT=python forces the Python pid 1; native (the default) uses the
+# compiled one when it can be built. LITHOS_INIT_CACHE overrides the cache dir.
+MODE_ENV = "LITHOS_KNOT_INIT"
+CACHE_ENV = "LITHOS_INIT_CACHE"
+MODES = ("native", "python")
+
+log = logging.getLogger("lithos.knot.init")
+
+
+def binary_name(source: bytes) -> str:
+    digest = hashlib.sha256(source + b"\0" + " ".join(CFLAGS).encode()).hexdigest()
+    return f"lithos-init-{digest[:16]}"
+
+
+def _safe_dir(cache_dir: Path) -> str | None:
+    """None when cache_dir is usable; else why not."""
+    try:
+        cache_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+        st = cache_dir.stat()
+    except OSError as e:
+        return f"{cache_dir}: {e.strerror}"
+    if st.st_uid != os.geteuid() or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return (f"{cache_dir}: must be owned by uid {os.geteuid()} and not writable by "
+                f"group or others (owner {st.st_uid}, mode {stat.filemode(st.st_mode)})")
+    return None
+
+
+def build(cache_dir: Path, path_env: str | None = None) -> tuple[Path | None, str]:
+    """Returns (the binary, "") or (None, why not). Compiles only when not cached.
+
+    path_env is the PATH searched for `cc` (default: ours).
+    """
+    source = SOURCE.read_bytes()
+    target = cache_dir / binary_name(source)
+    why = _safe_dir(cache_dir)
+    if why:
+        return None, why
+    if target.is_file():
+        return target, ""
+    cc = shutil.which("cc", path=path_env) or shutil.which("gcc", path=path_env)
+    if cc is None:
+        return None, f"no C compiler (cc) in PATH {path_env or os.environ.get('PATH', '')}"
+    fd, tmp = tempfile.mkstemp(prefix=".build-", dir=cache_dir)
+    os.close(fd)
+    try:
+        done = subprocess.run([cc, *CFLAGS, "-o", tmp, str(SOURCE)], capture_output=True,
+                              text=True, check=False, timeout=120)
+        if done.returncode != 0:
+            first = (done.stderr.strip().splitlines() or ["?"])[-1]
+            return None, f"{cc} {' '.join(CFLAGS)} {SOURCE} failed: {first}"
+        os.chmod(tmp, 0o755)
+        os.rename(tmp, target)
+        tmp = ""
+    except (OSError, subprocess.SubprocessError) as e:
+        return None, f"{cc}: {e}"
+    finally:
+        if tmp:
+            os.unlink(tmp)
+    return target, ""
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE_DIR)
+
+
+@functools.cache
+def choose() -> Path | None:
+    """The native pid 1 to use, or None for the Python one (LITHOS_KNOT_INIT=python,
+    or it cannot be built: then logged once)."""
+    mode = os.environ.get(MODE_ENV, "native")
+    if mode == "python":
+        return None
+    if mode != "native":
+        log.warning("%s=%r is not one of %s; using native", MODE_ENV, mode, MODES)
+    path, why = build(cache_dir())
+    if path is None:
+        log.warning("native pid 1 unavailable (%s): containers use the Python pid 1", why)
+    return path

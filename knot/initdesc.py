@@ -1,0 +1,183 @@
+"""The description the Python knot hands to the native pid 1 (knot/init.c).
+
+Owns its format: NUL-terminated fields in a fixed order (FIELDS below), integers
+in decimal, each list as its length then its items, starting with the magic
+`lithos-init/1` and ending with `end`. Everything is decided here, in Python: the
+quoted name and command for the stdio-log lines (protocol.stdiolog's quoting, so
+that both pid 1s write byte-identical lines), the environment, the id maps as the
+text written to /proc/PID/uid_map. init.c only parses and executes it.
+
+Rules: pure (no I/O). decode() is as strict as init.c (any difference is a bug;
+tests/unit/knot/test_initdesc.py feeds both the same malformed input) and raises
+DescriptionError naming the field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from knot.spec import IdMap, Kind, KnotSpec
+from protocol.stdiolog import command_text, rust_quote, seconds_text
+
+MAGIC = "lithos-init/1"
+MAX_LIST = 65536
+MAX_NS = 86400 * 10**9
+
+
+class DescriptionError(ValueError):
+    """Malformed description; the message names the field."""
+
+
+@dataclass(frozen=True, slots=True)
+class InitDescription:
+    name: str
+    quoted_name: str          # rust_quote(name)
+    command_text: str         # command_text([executable, *argv[1:]])
+    container_config: str
+    kind: Kind
+    restart_process_only: bool
+    kill_timeout_ns: int
+    kill_timeout_text: str    # seconds_text(kill-timeout)
+    restart_timeout_ns: int
+    normal_exit_codes: tuple[int, ...]
+    log_fd: int               # -1: no stdio log
+    output: str               # "log", "inherit" (interactive) or "file"
+    output_file: str          # the stdout-stderr-file path when output is "file", else ""
+    uid: int
+    gid: int
+    uid_map: str              # "0 200000 65536\n"...; both "" when no user namespace
+    gid_map: str
+    workdir: str
+    executable: str
+    argv: tuple[str, ...]
+    environ: tuple[str, ...]  # "NAME=value"
+    pid_env_vars: tuple[str, ...]
+    tcp_fds: tuple[int, ...]
+
+
+def _map_text(entries: tuple[IdMap, ...]) -> str:
+    return "".join(f"{m.inside} {m.outside} {m.count}\n" for m in entries)
+
+
+def from_spec(spec: KnotSpec, environ: Mapping[str, str], log_fd: int | None) -> InitDescription:
+    """What supervise(spec, environ, log_fd) would do, as data for init.c."""
+    if spec.interactive:
+        output, output_file = "inherit", ""
+    elif spec.stdout_stderr_file is not None:
+        output, output_file = "file", spec.stdout_stderr_file
+    else:
+        output, output_file = "log", ""
+    return InitDescription(
+        name=spec.name, quoted_name=rust_quote(spec.name),
+        command_text=command_text([spec.executable, *spec.argv[1:]]),
+        container_config=spec.container_config, kind=spec.kind,
+        restart_process_only=spec.restart_process_only,
+        kill_timeout_ns=round(spec.kill_timeout_s * 1e9),
+        kill_timeout_text=seconds_text(spec.kill_timeout_s),
+        restart_timeout_ns=round(spec.restart_timeout_s * 1e9),
+        normal_exit_codes=spec.normal_exit_codes,
+        log_fd=-1 if log_fd is None else log_fd, output=output, output_file=output_file,
+        uid=spec.uid, gid=spec.gid,
+        uid_map=_map_text(spec.uid_map), gid_map=_map_text(spec.gid_map),
+        workdir=spec.workdir, executable=spec.executable, argv=spec.argv,
+        environ=tuple(f"{k}={v}" for k, v in environ.items()),
+        pid_env_vars=spec.pid_env_vars, tcp_fds=spec.tcp_fds)
+
+
+def encode(desc: InitDescription) -> bytes:
+    """The bytes init.c reads. Raises DescriptionError for a NUL inside a string."""
+    out: list[str] = [MAGIC]
+    d = desc
+    out += [d.name, d.quoted_name, d.command_text, d.container_config, d.kind.value,
+            str(int(d.restart_process_only)), str(d.kill_timeout_ns), d.kill_timeout_text,
+            str(d.restart_timeout_ns)]
+    out += [str(len(d.normal_exit_codes)), *map(str, d.normal_exit_codes)]
+    out += [str(d.log_fd), d.output, d.output_file, str(d.uid), str(d.gid), d.uid_map,
+            d.gid_map, d.workdir, d.executable]
+    for items in (d.argv, d.environ, d.pid_env_vars):
+        out += [str(len(items)), *items]
+    out += [str(len(d.tcp_fds)), *map(str, d.tcp_fds), "end"]
+    for i, text in enumerate(out):
+        if "\0" in text:
+            raise DescriptionError(f"init description: field {i + 1}: {text!r} contains NUL")
+    return b"".join(text.encode("utf-8", "surrogateescape") + b"\0" for text in out)
+
+
+class _Reader:
+    def __init__(self, data: bytes) -> None:
+        self.fields = data.split(b"\0")
+        self.tail = self.fields.pop()  # bytes after the last NUL: b"" when well-formed
+        self.pos = 0
+
+    def str(self, field: str) -> str:
+        self.pos += 1
+        if self.pos > len(self.fields):
+            raise self.fail(field, "missing or not NUL-terminated")
+        return self.fields[self.pos - 1].decode("utf-8", "surrogateescape")
+
+    def int(self, field: str, lo: int, hi: int) -> int:
+        text = self.str(field)
+        digits = text.removeprefix("-")
+        if not digits.isascii() or not digits.isdigit() or (digits[0] == "0" and digits != "0"):
+            raise DescriptionError(f"init description: field {self.pos} ({field}): "
+                                   "not a decimal integer")
+        value = int(text)
+        if not lo <= value <= hi:
+            raise DescriptionError(f"init description: field {self.pos} ({field}): out of range")
+        return value
+
+    def strs(self, field: str) -> tuple[str, ...]:
+        return tuple(self.str(field) for _ in range(self.int(field, 0, MAX_LIST)))
+
+    def ints(self, field: str, lo: int, hi: int) -> tuple[int, ...]:
+        return tuple(self.int(field, lo, hi) for _ in range(self.int(field, 0, MAX_LIST)))
+
+    def fail(self, field: str, what: str) -> DescriptionError:
+        return DescriptionError(f"init description: field {self.pos} ({field}): {what}")
+
+
+def decode(data: bytes) -> InitDescription:
+    """The inverse of encode, with init.c's checks. Raises DescriptionError."""
+    r = _Reader(data)
+    if r.str("magic") != MAGIC:
+        raise r.fail("magic", f"not {MAGIC}")
+    name, quoted, command, config = (r.str(f) for f in (
+        "name", "quoted-name", "command-text", "container-config"))
+    kind_text = r.str("kind")
+    if kind_text not in ("Daemon", "Command"):
+        raise r.fail("kind", "not Daemon or Command")
+    restart_only = bool(r.int("restart-process-only", 0, 1))
+    kill_ns = r.int("kill-timeout-ns", 0, MAX_NS)
+    kill_text = r.str("kill-timeout-text")
+    restart_ns = r.int("restart-timeout-ns", 0, MAX_NS)
+    codes = r.ints("normal-exit-codes", 0, 255)
+    log_fd = r.int("log-fd", -1, 2**31 - 1)
+    output = r.str("output")
+    if output not in ("log", "inherit", "file"):
+        raise r.fail("output", "not log, inherit or file")
+    output_file = r.str("output-file")
+    if (output == "file") != output_file.startswith("/"):
+        raise r.fail("output-file", "absolute path iff file")
+    uid, gid = r.int("uid", 0, 2**32 - 2), r.int("gid", 0, 2**32 - 2)
+    uid_map, gid_map, workdir, executable = (r.str(f) for f in (
+        "uid-map", "gid-map", "workdir", "executable"))
+    argv = r.strs("argv")
+    environ = r.strs("environ")
+    if any("=" not in e for e in environ):
+        raise r.fail("environ", "an entry without '='")
+    pid_vars = r.strs("pid-env-vars")
+    tcp_fds = r.ints("tcp-fds", 0, 2**31 - 1)
+    if r.str("end") != "end":
+        raise r.fail("end", "not end")
+    if r.pos != len(r.fields) or r.tail:
+        raise r.fail("end", "trailing bytes")
+    if not argv:
+        raise r.fail("argv", "empty")
+    return InitDescription(
+        name=name, quoted_name=quoted, command_text=command, container_config=config,
+        kind=Kind(kind_text), restart_process_only=restart_only, kill_timeout_ns=kill_ns,
+        kill_timeout_text=kill_text, restart_timeout_ns=restart_ns, normal_exit_codes=codes,
+        log_fd=log_fd, output=output, output_file=output_file, uid=uid, gid=gid,
+        uid_map=uid_map, gid_map=gid_map, workdir=workdir, executable=executable, argv=argv,
+        environ=environ, pid_env_vars=pid_vars, tcp_fds=tcp_fds)
