@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from knot.service import describe, is_normal
+from knot.service import is_normal
 from knot.spec import (
     HostsFile,
     IdMap,
@@ -122,10 +122,12 @@ def test_is_normal(kind, codes, wait_status, sigterm, normal):
     assert is_normal(spec, wait_status, sigterm) is normal
 
 
-def test_describe():
-    assert describe(1 << 8) == "exited with code 1"
-    assert describe(9) == "killed by signal SIGKILL"
-    assert describe(11 | 0x80) == "killed by signal SIGSEGV (core dumped)"
+def test_status_words_are_protocol_stdiologs():
+    # The knot (both pid 1s) words a death with protocol.stdiolog (K-41).
+    from protocol.stdiolog import status_text_of
+    assert status_text_of(1 << 8) == "exited with code 1"
+    assert status_text_of(9) == "killed by signal SIGKILL[9]"
+    assert status_text_of(11 | 0x80) == "killed by signal SIGSEGV[11] (core dumped)"
 
 
 def test_mount_order_is_v1():

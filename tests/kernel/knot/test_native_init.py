@@ -1,0 +1,95 @@
+"""Both pid 1s write the same stdio-log lines; the native one falls back to Python.
+
+The lines are compared byte for byte with protocol.stdiolog's (K-41), in both
+modes (the `env` fixture runs each test with the native and the Python pid 1).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from knot import initbin
+from knot.spawn import AUTO
+from protocol.stdiolog import death_line, start_line, status_text
+
+requires_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+pytestmark = requires_root
+
+# Every signal whose default action ends a process, and a few real-time ones (not
+# SIGQUIT: busybox sh ignores it).
+DEADLY = [s for s in (*range(1, 32), 34, 40, 64) if s not in (
+    signal.SIGQUIT, signal.SIGCHLD, signal.SIGCONT, signal.SIGSTOP, signal.SIGTSTP,
+    signal.SIGTTIN, signal.SIGTTOU, signal.SIGURG, signal.SIGWINCH)]
+
+
+def stamp(line: bytes) -> datetime:
+    return datetime.strptime(line[:20].decode(), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+
+
+def test_start_and_death_lines_are_byte_identical_to_stdiolog(env):
+    # The argv needs quoting: a tab, quotes, a backslash, non-ASCII, a newline.
+    argv = ("/bin/sh", "-c", 'exit 7 # \t"é" \\ \u2028 \x01\n', "x")
+    code, knot = env.run(env.spec("", argv=argv))
+    assert code == 2
+    start, death = knot.log.read_bytes().splitlines(keepends=True)
+    assert start == start_line("test/svc.0", argv, stamp(start))
+    assert death == death_line("test/svc.0", status_text(7, None), 0, stamp(death))
+
+
+@pytest.mark.parametrize("signo", DEADLY)
+def test_death_by_each_signal_is_worded_as_stdiolog(env, signo):
+    code, knot = env.run(env.spec(f"kill -{signo} $$"))
+    death = knot.log.read_bytes().splitlines(keepends=True)[-1]
+    core = b"(core dumped)" in death
+    assert death == death_line("test/svc.0", status_text(None, signo, core), 0, stamp(death))
+
+
+@pytest.fixture
+def no_compiler(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A PATH without cc, an empty cache dir, and choose()'s memo cleared around the test."""
+    empty = tmp_path / "empty-bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    monkeypatch.setenv(initbin.CACHE_ENV, str(tmp_path / "init-cache"))
+    monkeypatch.delenv(initbin.MODE_ENV, raising=False)
+    initbin.choose.cache_clear()
+    yield
+    initbin.choose.cache_clear()
+
+
+def test_without_a_compiler_the_python_pid_1_runs(env, no_compiler, caplog):
+    caplog.set_level(logging.WARNING, logger="lithos.knot.init")
+    env.native_init = AUTO  # what the broker passes: knot.initbin.choose() decides
+    knot = env.start(env.spec("echo ready >&3; exec sleep 1000"), events=True)
+    assert knot.read_event() == "ready"
+    assert b"knot.lithos_knot" in Path(f"/proc/{knot.pid}/cmdline").read_bytes()  # Python
+    os.kill(knot.pid, signal.SIGTERM)
+    assert knot.wait() == 0
+    assert env.run(env.spec("exit 0"))[0] == 2      # a second knot: nothing logged again
+    logged = [r.getMessage() for r in caplog.records]
+    assert len(logged) == 1 and "no C compiler (cc)" in logged[0], logged
+    assert "Python pid 1" in logged[0]
+
+
+def test_python_is_forced_by_the_environment(env, monkeypatch):
+    monkeypatch.setenv(initbin.MODE_ENV, "python")
+    initbin.choose.cache_clear()
+    try:
+        assert initbin.choose() is None
+    finally:
+        initbin.choose.cache_clear()
+
+
+def test_the_native_pid_1_is_named_lithos_knot(env, init_mode):
+    knot = env.start(env.spec("echo ready >&3; exec sleep 1000"), events=True)
+    assert knot.read_event() == "ready"
+    comm = Path(f"/proc/{knot.pid}/comm").read_text().strip()
+    assert comm == ("lithos_knot" if init_mode == "native" else "python3")
+    os.kill(knot.pid, signal.SIGTERM)
+    assert knot.wait() == 0

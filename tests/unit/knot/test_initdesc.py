@@ -1,0 +1,168 @@
+"""The native pid 1's description (knot.initdesc) and its strict parsing by knot/init.c.
+
+The same malformed inputs go to the Python decoder (DescriptionError) and to the
+compiled init.c (exit 78, exactly one line on stderr), so both parse alike.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from knot import initbin, initdesc
+from knot.exitcodes import EXIT_SETUP_FAILED
+from knot.initdesc import DescriptionError
+from knot.spec import HostsFile, IdMap, Kind, KnotSpec, ResolvConf
+from protocol.stdiolog import rust_quote
+
+SPEC = KnotSpec(
+    name="web/django.0", kind=Kind.DAEMON, container_config="/images/web/config/main.yaml",
+    config_filename="/etc/lithos/processes/web.yaml", image_root="/images/web",
+    mount_dir="/run/lithos/mnt", state_dir="/run/lithos/state/web/django.0",
+    devfs_dir="/var/lib/lithos/dev", volumes=(),
+    resolv_conf=ResolvConf(mount=None, copy_from_host=True, source="/etc/resolv.conf"),
+    hosts_file=HostsFile(mount=None, copy_from_host=True, localhost=False,
+                         public_hostname=False, source="/etc/hosts"),
+    uid=1000, gid=1001, uid_map=(IdMap(0, 200000, 65536),), gid_map=(), fileno_limit=1024,
+    executable="/usr/bin/python3", argv=("python", "app.py", 'say "hi"\n'), environ=(),
+    pid_env_vars=("LISTEN_PID",), workdir="/app", secrets=None, tcp_fds=(3, 7),
+    interactive=False, stdout_stderr_file=None, kill_timeout_s=0.3, restart_timeout_s=1,
+    restart_process_only=True, normal_exit_codes=(0, 200))
+
+
+def test_from_spec_decides_everything_in_python() -> None:
+    d = initdesc.from_spec(SPEC, {"TERM": "dumb", "A": "b=c"}, log_fd=9)
+    assert d.quoted_name == '"web/django.0"'
+    # The executable, then argv[1:]: how the start line names the command (K-41).
+    assert d.command_text == '"/usr/bin/python3" "app.py" "say \\"hi\\"\\n"'
+    assert (d.kill_timeout_ns, d.kill_timeout_text) == (300_000_000, "0.3")
+    assert d.restart_timeout_ns == 10**9 and d.normal_exit_codes == (0, 200)
+    assert (d.output, d.output_file, d.log_fd) == ("log", "", 9)
+    assert (d.uid_map, d.gid_map) == ("0 200000 65536\n", "")
+    assert d.environ == ("TERM=dumb", "A=b=c") and d.argv == SPEC.argv
+    file_spec = dataclasses.replace(SPEC, stdout_stderr_file="/log/app.log")
+    assert initdesc.from_spec(file_spec, {}, None).output == "file"
+    assert initdesc.from_spec(file_spec, {}, None).log_fd == -1
+    assert initdesc.from_spec(dataclasses.replace(SPEC, interactive=True), {}, 3).output \
+        == "inherit"
+
+
+def test_encoding_is_nul_terminated_fields_in_order() -> None:
+    data = initdesc.encode(initdesc.from_spec(SPEC, {"TERM": "dumb"}, 9))
+    fields = data.split(b"\0")
+    assert fields[0] == b"lithos-init/1" and fields[1] == b"web/django.0"
+    assert fields[-2:] == [b"end", b""]
+
+
+text = st.text(st.characters(blacklist_characters="\0", blacklist_categories=("Cs",)),
+               max_size=20)
+
+
+@settings(max_examples=60, deadline=None)
+@given(name=text, argv=st.lists(text, min_size=1, max_size=4),
+       env=st.dictionaries(text.filter(lambda k: "=" not in k), text, max_size=4),
+       codes=st.lists(st.integers(0, 255), max_size=4), log_fd=st.integers(-1, 1000),
+       kt=st.integers(0, 86400 * 10**9))
+def test_round_trip(name: str, argv: list[str], env: dict[str, str], codes: list[int],
+                    log_fd: int, kt: int) -> None:
+    d = dataclasses.replace(
+        initdesc.from_spec(SPEC, env, None), name=name, quoted_name=rust_quote(name),
+        argv=tuple(argv), normal_exit_codes=tuple(codes), log_fd=log_fd, kill_timeout_ns=kt)
+    assert initdesc.decode(initdesc.encode(d)) == d
+
+
+def test_nul_inside_a_string_is_refused_at_encoding() -> None:
+    d = initdesc.from_spec(SPEC, {}, None)
+    with pytest.raises(DescriptionError, match="contains NUL"):
+        initdesc.encode(dataclasses.replace(d, workdir="/a\0b"))
+
+
+def _good() -> bytes:
+    return initdesc.encode(initdesc.from_spec(SPEC, {"TERM": "dumb"}, 9))
+
+
+def _replace_field(index: int, value: bytes) -> bytes:
+    fields = _good().split(b"\0")
+    fields[index] = value
+    return b"\0".join(fields)
+
+
+MALFORMED = {
+    "empty": b"",
+    "wrong magic": b"lithos-init/2\0" + _good().split(b"\0", 1)[1],
+    "unterminated": _good()[:-1],
+    "truncated": _good()[: len(_good()) // 2],
+    "trailing bytes": _good() + b"x\0",
+    "trailing unterminated": _good() + b"x",
+    "bad kind": _replace_field(5, b"Cron"),
+    "flag not 0/1": _replace_field(6, b"2"),
+    "leading zero": _replace_field(7, b"0300000000"),
+    "negative timeout": _replace_field(7, b"-1"),
+    "timeout too long": _replace_field(7, str(86400 * 10**9 + 1).encode()),
+    "not a number": _replace_field(7, b"3e8"),
+    "huge number": _replace_field(7, b"9" * 40),
+    "exit code > 255": _replace_field(11, b"256"),
+    "bad output": _replace_field(14, b"syslog"),
+    "file without path": _replace_field(14, b"file"),
+    "list too long": _replace_field(10, b"70000"),
+}
+
+
+@pytest.mark.parametrize("data", MALFORMED.values(), ids=MALFORMED.keys())
+def test_malformed_is_rejected_by_python(data: bytes) -> None:
+    with pytest.raises(DescriptionError, match=r"^init description: field \d+ \("):
+        initdesc.decode(data)
+
+
+@pytest.fixture(scope="module")
+def init_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path, why = initbin.build(tmp_path_factory.mktemp("init-cache"))
+    if path is None:
+        pytest.skip(f"native pid 1 cannot be built here: {why}")
+    return path
+
+
+def run_init(binary: Path, data: bytes, name: str = "web/django.0",
+             timeout_s: float = 10) -> subprocess.CompletedProcess[str]:
+    fd = os.memfd_create("desc")
+    try:
+        os.write(fd, data)
+        return subprocess.run([str(binary), "--name", name, "--init-fd", str(fd)],
+                              pass_fds=(fd,), capture_output=True, text=True,
+                              timeout=timeout_s, check=False)
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("data", MALFORMED.values(), ids=MALFORMED.keys())
+def test_malformed_is_rejected_by_init_c(init_binary: Path, data: bytes) -> None:
+    done = run_init(init_binary, data)
+    assert done.returncode == EXIT_SETUP_FAILED
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("knot[web/django.0]: init description: field ")
+
+
+def test_init_c_usage_and_name_mismatch(init_binary: Path) -> None:
+    done = subprocess.run([str(init_binary), "--name", "x"], capture_output=True, text=True,
+                          check=False)
+    assert done.returncode == EXIT_SETUP_FAILED and done.stderr.count("\n") == 1
+    done = run_init(init_binary, _good(), name="web/other.0")
+    assert done.returncode == EXIT_SETUP_FAILED
+    assert "does not match --name" in done.stderr and done.stderr.count("\n") == 1
+
+
+def test_python_and_c_agree_on_every_field_number(init_binary: Path) -> None:
+    """The same error names the same field on both sides."""
+    for data in MALFORMED.values():
+        with pytest.raises(DescriptionError) as err:
+            initdesc.decode(data)
+        c_line = run_init(init_binary, data).stderr.strip()
+        assert c_line.split(": ", 2)[2].split(":")[0] == str(err.value).split(":")[1].strip(), \
+            (c_line, str(err.value))
+
