@@ -110,14 +110,14 @@ class _Reader:
         self.tail = self.fields.pop()  # bytes after the last NUL: b"" when well-formed
         self.pos = 0
 
-    def str(self, field: str) -> str:
+    def text(self, field: str) -> str:
         self.pos += 1
         if self.pos > len(self.fields):
             raise self.fail(field, "missing or not NUL-terminated")
         return self.fields[self.pos - 1].decode("utf-8", "surrogateescape")
 
-    def int(self, field: str, lo: int, hi: int) -> int:
-        text = self.str(field)
+    def number(self, field: str, lo: int, hi: int) -> int:
+        text = self.text(field)
         digits = text.removeprefix("-")
         if not digits.isascii() or not digits.isdigit() or (digits[0] == "0" and digits != "0"):
             raise DescriptionError(f"init description: field {self.pos} ({field}): "
@@ -127,11 +127,11 @@ class _Reader:
             raise DescriptionError(f"init description: field {self.pos} ({field}): out of range")
         return value
 
-    def strs(self, field: str) -> tuple[str, ...]:
-        return tuple(self.str(field) for _ in range(self.int(field, 0, MAX_LIST)))
+    def texts(self, field: str) -> tuple[str, ...]:
+        return tuple(self.text(field) for _ in range(self.number(field, 0, MAX_LIST)))
 
-    def ints(self, field: str, lo: int, hi: int) -> tuple[int, ...]:
-        return tuple(self.int(field, lo, hi) for _ in range(self.int(field, 0, MAX_LIST)))
+    def numbers(self, field: str, lo: int, hi: int) -> tuple[int, ...]:
+        return tuple(self.number(field, lo, hi) for _ in range(self.number(field, 0, MAX_LIST)))
 
     def fail(self, field: str, what: str) -> DescriptionError:
         return DescriptionError(f"init description: field {self.pos} ({field}): {what}")
@@ -140,35 +140,35 @@ class _Reader:
 def decode(data: bytes) -> InitDescription:
     """The inverse of encode, with init.c's checks. Raises DescriptionError."""
     r = _Reader(data)
-    if r.str("magic") != MAGIC:
+    if r.text("magic") != MAGIC:
         raise r.fail("magic", f"not {MAGIC}")
-    name, quoted, command, config = (r.str(f) for f in (
+    name, quoted, command, config = (r.text(f) for f in (
         "name", "quoted-name", "command-text", "container-config"))
-    kind_text = r.str("kind")
+    kind_text = r.text("kind")
     if kind_text not in ("Daemon", "Command"):
         raise r.fail("kind", "not Daemon or Command")
-    restart_only = bool(r.int("restart-process-only", 0, 1))
-    kill_ns = r.int("kill-timeout-ns", 0, MAX_NS)
-    kill_text = r.str("kill-timeout-text")
-    restart_ns = r.int("restart-timeout-ns", 0, MAX_NS)
-    codes = r.ints("normal-exit-codes", 0, 255)
-    log_fd = r.int("log-fd", -1, 2**31 - 1)
-    output = r.str("output")
+    restart_only = bool(r.number("restart-process-only", 0, 1))
+    kill_ns = r.number("kill-timeout-ns", 0, MAX_NS)
+    kill_text = r.text("kill-timeout-text")
+    restart_ns = r.number("restart-timeout-ns", 0, MAX_NS)
+    codes = r.numbers("normal-exit-codes", 0, 255)
+    log_fd = r.number("log-fd", -1, 2**31 - 1)
+    output = r.text("output")
     if output not in ("log", "inherit", "file"):
         raise r.fail("output", "not log, inherit or file")
-    output_file = r.str("output-file")
+    output_file = r.text("output-file")
     if (output == "file") != output_file.startswith("/"):
         raise r.fail("output-file", "absolute path iff file")
-    uid, gid = r.int("uid", 0, 2**32 - 2), r.int("gid", 0, 2**32 - 2)
-    uid_map, gid_map, workdir, executable = (r.str(f) for f in (
+    uid, gid = r.number("uid", 0, 2**32 - 2), r.number("gid", 0, 2**32 - 2)
+    uid_map, gid_map, workdir, executable = (r.text(f) for f in (
         "uid-map", "gid-map", "workdir", "executable"))
-    argv = r.strs("argv")
-    environ = r.strs("environ")
+    argv = r.texts("argv")
+    environ = r.texts("environ")
     if any("=" not in e for e in environ):
         raise r.fail("environ", "an entry without '='")
-    pid_vars = r.strs("pid-env-vars")
-    tcp_fds = r.ints("tcp-fds", 0, 2**31 - 1)
-    if r.str("end") != "end":
+    pid_vars = r.texts("pid-env-vars")
+    tcp_fds = r.numbers("tcp-fds", 0, 2**31 - 1)
+    if r.text("end") != "end":
         raise r.fail("end", "not end")
     if r.pos != len(r.fields) or r.tail:
         raise r.fail("end", "trailing bytes")
