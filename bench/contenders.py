@@ -230,7 +230,8 @@ class LithosKnot(Contender):
     """knot.spawn.spawn_knot: the knot (Python) is pid 1 and forks the service.
 
     It also does what every lithos container gets: /dev (devfs dir + devpts),
-    /sys, a state dir; resolv.conf and hosts are not generated here.
+    /sys, a state dir; resolv.conf and hosts are not generated here. The Python
+    pid 1 is forced (native_init=None), so this row stays comparable across runs.
     """
 
     name = "lithos"
@@ -240,6 +241,7 @@ class LithosKnot(Contender):
         super().__init__(env)
         self.count = 0
         self.base: KnotSpec | None = None
+        self.native_init: Path | None = None  # None: the Python pid 1
 
     def missing(self) -> str | None:
         try:
@@ -288,7 +290,7 @@ class LithosKnot(Contender):
 
         e = self.env
         return spawn_knot(spec, inherited_fds={3: e.ready_w}, stdin=e.null,
-                          stdout=e.errlog, stderr=e.errlog)
+                          stdout=e.errlog, stderr=e.errlog, native_init=self.native_init)
 
     def start_one(self, hold: bool) -> None:
         self._spawn(self._spec(hold, restart=False))
@@ -320,4 +322,29 @@ class LithosKnotNoSite(LithosKnot):
             knot.spawn.knot_argv = plain
 
 
-ALL: tuple[type[Contender], ...] = (CFloor, LithosKnot, LithosKnotNoSite, Unshare, Bwrap, Crun)
+class LithosNative(LithosKnot):
+    """The same knot (Python for the setup), which then execs the native pid 1
+    (knot/init.c, compiled by knot.initbin into the run's temp dir in prepare(),
+    outside every timed region): lithos's default where a compiler is present."""
+
+    name = "lithos native"
+
+    def missing(self) -> str | None:
+        why = super().missing()
+        if why is None and shutil.which("cc") is None:
+            why = "lithos native: no C compiler (cc) to build knot/init.c"
+        return why
+
+    def prepare(self) -> None:
+        from knot import initbin
+
+        super().prepare()
+        if self.native_init is None:
+            path, why = initbin.build(self.env.tmp / "init-cache")
+            if path is None:
+                raise OSError(why)
+            self.native_init = path
+
+
+ALL: tuple[type[Contender], ...] = (CFloor, LithosKnot, LithosNative, LithosKnotNoSite, Unshare,
+                                    Bwrap, Crun)
