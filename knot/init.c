@@ -146,7 +146,7 @@ static void read_desc(int fd) {
     char *output = next_str("output");
     if (strcmp(output, "log") && strcmp(output, "inherit") && strcmp(output, "file"))
         bad("not log, inherit or file", "output");
-    d.output = output[0] == 'i' ? 'i' : output[0];
+    d.output = output[0];   /* 'l', 'i' or 'f' */
     d.output_file = next_str("output-file");
     if ((d.output == 'f') != (d.output_file[0] == '/')) bad("absolute path iff file", "output-file");
     d.uid = next_int("uid", 0, 0xFFFFFFFELL);
@@ -201,19 +201,35 @@ static long long now_ns(void) {
     return ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
-/* `<rfc3339>: ----- <text> -----\n` in one write; nothing when there is no log. */
+/* Writes all of text with one write(2) when it can (O_APPEND: no interleaving). */
+static void write_all(int fd, const char *text, size_t len) {
+    while (len > 0) {
+        ssize_t n = write(fd, text, len);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) return;   /* a full disk must not stop pid 1 */
+        text += n;
+        len -= (size_t)n;
+    }
+}
+
+/* `<rfc3339>: ----- <text> -----\n`, whole (no length limit); nothing without a log. */
 static void log_line(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static void log_line(const char *fmt, ...) {
     if (d.log_fd < 0) return;
-    char stamp[32], text[8192];
+    char stamp[32], *text, *line;
     time_t t = time(NULL);
     struct tm tm;
     strftime(stamp, sizeof stamp, "%Y-%m-%dT%H:%M:%SZ", gmtime_r(&t, &tm));
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(text, sizeof text, fmt, ap);
+    int ok = vasprintf(&text, fmt, ap) >= 0;
     va_end(ap);
-    dprintf(d.log_fd, "%s: ----- %s -----\n", stamp, text);
+    if (!ok) return;
+    int len = asprintf(&line, "%s: ----- %s -----\n", stamp, text);
+    free(text);
+    if (len < 0) return;
+    write_all(d.log_fd, line, (size_t)len);
+    free(line);
 }
 
 /* ---- the service ---- */
@@ -419,8 +435,8 @@ static int supervise(void) {
         if (owned) close(out_fd);
         int status = -1;
         while (status == -1) {
-            int sig = wait_signal(deadline < 0 ? -1 : (deadline > now_ns() ? deadline - now_ns()
-                                                                                : 0));
+            long long now = now_ns();
+            int sig = wait_signal(deadline < 0 ? -1 : deadline > now ? deadline - now : 0);
             if (sig == 0) {   /* STOPPING: kill-timeout passed with the service alive */
                 log_line("Process %s did not respond to SIGTERM in %s, uptime %llds. Killing..",
                          d.quoted_name, d.kill_timeout_text, (now_ns() - started) / 1000000000);

@@ -33,8 +33,9 @@ def stamp(line: bytes) -> datetime:
 
 
 def test_start_and_death_lines_are_byte_identical_to_stdiolog(env):
-    # The argv needs quoting: a tab, quotes, a backslash, non-ASCII, a newline.
-    argv = ("/bin/sh", "-c", 'exit 7 # \t"é" \\ \u2028 \x01\n', "x")
+    # The argv needs quoting: a tab, quotes, a backslash, non-ASCII, a newline; and it
+    # is long (no line is cut).
+    argv = ("/bin/sh", "-c", 'exit 7 # \t"é" \\ \u2028 \x01\n', "x" * 20000)
     code, knot = env.run(env.spec("", argv=argv))
     assert code == 2
     start, death = knot.log.read_bytes().splitlines(keepends=True)
