@@ -209,14 +209,17 @@ class BenchEnv:
 
     # --- running --------------------------------------------------------------
 
-    def spawn(self, argv: list[str], ready_fd: bool = True) -> int:
-        """posix_spawn argv with stdin /dev/null, stdout+stderr the error log, fd 3 the pipe."""
+    def spawn(self, argv: list[str], ready_fd: bool = True,
+              extra_env: dict[str, str] | None = None) -> int:
+        """posix_spawn argv with stdin /dev/null, stdout+stderr the error log, fd 3 the pipe;
+        the environment is PATH plus extra_env."""
         actions = [(os.POSIX_SPAWN_DUP2, self.null, 0),
                    (os.POSIX_SPAWN_DUP2, self.errlog, 1),
                    (os.POSIX_SPAWN_DUP2, self.errlog, 2)]
         if ready_fd:
             actions.append((os.POSIX_SPAWN_DUP2, self.ready_w, 3))
-        return os.posix_spawn(argv[0], argv, {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+        return os.posix_spawn(argv[0], argv,
+                              {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", **(extra_env or {})},
                               file_actions=actions)
 
     def wait_ready(self, count: int, timeout_s: float, fd: int = -1) -> int:

@@ -159,9 +159,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"- work dir: {env.tmp} (removed at exit)")
     contenders: list[Contender] = []
     try:
-        # lithos tree's broker builds the native pid 1 (knot.initbin) into the run's
-        # temp dir, not into the host's /var/lib/lithos/init.
-        os.environ.setdefault("LITHOS_INIT_CACHE", str(env.tmp / "init-cache"))
         for cls in (*ALL[:4], *_zygote(), LithosTree, *ALL[4:]):
             c = cls(env)
             if c.name not in wanted:

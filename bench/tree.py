@@ -91,9 +91,12 @@ class LithosTree(Contender):
             f"svc:\n  image: {self.env.image.name}\n  config: /config/svc.yaml\n"
             f"  instances: {instances}\n")
         self.runs += 1
+        # The broker builds the native pid 1 (knot.initbin) into the run's temp dir,
+        # not into the host's /var/lib/lithos/init.
         self.broker = self.env.spawn([sys.executable, "-m", "broker.main", "-C",
                                       str(self.root / "master.yaml"), "--log-stderr"],
-                                     ready_fd=False)
+                                     ready_fd=False,
+                                     extra_env={"LITHOS_INIT_CACHE": str(self.env.tmp / "init")})
 
     def start_one(self, hold: bool) -> None:
         raise BenchError("lithos tree: measured only from cold (many) and on restart")
