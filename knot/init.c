@@ -119,7 +119,7 @@ static void read_desc(int fd) {
         ssize_t n = pread(fd, buf + size, cap - size, (off_t)size);
         if (n < 0 && errno == ESPIPE) n = read(fd, buf + size, cap - size);
         if (n < 0 && errno == EINTR) continue;
-        if (n < 0) bad(strerrorname_np(errno), "read");
+        if (n < 0) bad(strerror(errno), "read");
         if (n == 0) break;
         size += (size_t)n;
         if (size > MAX_DESC) bad("larger than 16 MiB", "read");

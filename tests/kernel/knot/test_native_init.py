@@ -94,3 +94,23 @@ def test_the_native_pid_1_is_named_lithos_knot(env, init_mode):
     assert comm == ("lithos_knot" if init_mode == "native" else "python3")
     os.kill(knot.pid, signal.SIGTERM)
     assert knot.wait() == 0
+
+
+def test_a_native_init_that_cannot_be_execd_falls_back_to_python(env):
+    bogus = env.tmp / "not-an-elf"
+    bogus.write_text("not a program\n")
+    bogus.chmod(0o755)
+    env.native_init = bogus
+    code, knot = env.run(env.spec("exit 5", normal_exit_codes=(5,)))
+    assert code == 0                                  # the Python pid 1 ran the service
+    assert knot.stderr_text() == ("knot[test/svc.0]: exec native init: ENOEXEC (Exec format "
+                                  "error); the Python pid 1 runs instead\n")
+    assert "exited with code 5, uptime 0s -----" in knot.log_text()
+
+
+def test_a_missing_native_init_is_a_setup_failure(env):
+    env.native_init = env.tmp / "missing"
+    code, knot = env.run(env.spec("exit 0"))
+    assert code == 78
+    assert knot.stderr_text() == (f"knot[test/svc.0]: open native init: {env.tmp}/missing: "
+                                  "ENOENT (No such file or directory)\n")
