@@ -190,8 +190,14 @@ INIT_MODES = [m for m in initbin.MODES if os.environ.get(initbin.MODE_ENV, m) ==
 
 @pytest.fixture(scope="session")
 def native_init_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """knot/init.c compiled once per session (CI has cc and a static libc: tests/run)."""
+    """knot/init.c compiled once per session (CI has cc and a static libc: tests/run).
+
+    Without them the native-mode tests are skipped, unless LITHOS_KNOT_INIT=native asks
+    for that mode explicitly: then they fail.
+    """
     path, why = initbin.build(tmp_path_factory.mktemp("init-cache"))
+    if path is None and os.environ.get(initbin.MODE_ENV) != "native":
+        pytest.skip(f"native pid 1 cannot be built here: {why}")
     assert path is not None, why
     return path
 
