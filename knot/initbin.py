@@ -62,7 +62,10 @@ def build(cache_dir: Path, path_env: str | None = None) -> tuple[Path | None, st
 
     path_env is the PATH searched for `cc` (default: ours).
     """
-    source = SOURCE.read_bytes()
+    try:
+        source = SOURCE.read_bytes()
+    except OSError as e:  # installed without its package data
+        return None, f"{SOURCE}: {e.strerror}"
     target = cache_dir / binary_name(source)
     why = _safe_dir(cache_dir)
     if why:

@@ -46,3 +46,9 @@ def test_built_once_atomically_then_reused(tmp_path: Path) -> None:
 
 def test_binary_name_changes_with_the_source() -> None:
     assert initbin.binary_name(b"a") != initbin.binary_name(b"b")
+
+
+def test_missing_source_gives_none(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(initbin, "SOURCE", tmp_path / "init.c")
+    path, why = initbin.build(tmp_path / "cache")
+    assert path is None and why == f"{tmp_path}/init.c: No such file or directory"
