@@ -45,15 +45,26 @@ def binary_name(source: bytes) -> str:
 
 
 def _safe_dir(cache_dir: Path) -> str | None:
-    """None when cache_dir is usable; else why not."""
+    """None when cache_dir is usable; else why not.
+
+    Like OpenSSH's StrictModes: the dir and every ancestor must be owned by us (root)
+    and not writable by group or others, except sticky ancestors such as /tmp (whose
+    entries others cannot rename).
+    """
     try:
         cache_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
-        st = cache_dir.stat()
+        cache_dir = cache_dir.resolve()
+        for path in (cache_dir, *cache_dir.parents):
+            st = path.stat()
+            writable = st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+            sticky_ancestor = path != cache_dir and st.st_mode & stat.S_ISVTX
+            if st.st_uid not in (0, os.geteuid()) or (writable and not sticky_ancestor):
+                return (f"{path}: must be owned by uid {os.geteuid()} and not writable by "
+                        f"group or others (owner {st.st_uid}, mode "
+                        f"{stat.filemode(st.st_mode)}): the native pid 1 is kept in "
+                        f"{cache_dir}")
     except OSError as e:
         return f"{cache_dir}: {e.strerror}"
-    if st.st_uid != os.geteuid() or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        return (f"{cache_dir}: must be owned by uid {os.geteuid()} and not writable by "
-                f"group or others (owner {st.st_uid}, mode {stat.filemode(st.st_mode)})")
     return None
 
 

@@ -27,6 +27,14 @@ def test_unsafe_cache_dir_is_refused(tmp_path: Path) -> None:
     assert path is None and "not writable by group or others" in why and "drwxrwxrwx" in why
 
 
+def test_unsafe_parent_dir_is_refused(tmp_path: Path) -> None:
+    parent = tmp_path / "open"
+    parent.mkdir()
+    parent.chmod(0o777)
+    path, why = initbin.build(parent / "cache")
+    assert path is None and why.startswith(f"{parent}: must be owned by uid")
+
+
 def test_built_once_atomically_then_reused(tmp_path: Path) -> None:
     cache = tmp_path / "a" / "cache"
     path, why = initbin.build(cache)
