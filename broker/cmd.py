@@ -75,9 +75,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--log-stderr", action="store_true", help="also log to stderr")
     p.add_argument("--log-level", help="error, warn, info, debug or trace")
     p.add_argument("--version", action="version", version="lithos 0.1.0")
-    p.add_argument("sandbox", help="sandbox name")
-    p.add_argument("name", help="name of a kind: Command entry in the sandbox's process config")
-    p.add_argument("args", nargs=argparse.REMAINDER, help="appended to the command's arguments")
+    p.add_argument("sandbox", metavar="SANDBOX", help="sandbox name")
+    p.add_argument(
+        "name", metavar="NAME", help="a kind: Command entry of the sandbox's process config"
+    )
+    p.add_argument(
+        "args", metavar="ARG", nargs=argparse.REMAINDER, help="appended to the arguments"
+    )
     return p.parse_args(argv)
 
 
@@ -284,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
         return run(plan, cgroups, signals)
     except CmdError as e:
         print(f"Fatal error: {e}", file=sys.stderr)
-        log.error("Fatal error: %s", e)
+        if logging.getLogger().handlers:  # the sandbox's log is set up (step 5)
+            log.error("Fatal error: %s", e)
         return 1
     finally:
         signals.close()

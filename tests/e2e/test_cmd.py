@@ -44,7 +44,23 @@ kind: Command
 executable: /bin/sh
 arguments: ["-c", "echo sleeping; exec sleep 1000"]
 kill-timeout: 5
+memory-limit: 100Mi
 interactive: true
+user-id: 1000
+group-id: 1000
+"""
+STUBBORN = """
+kind: Command
+executable: /bin/sh
+arguments: ["-c", "trap '' TERM; echo sleeping; sleep 1000"]
+kill-timeout: 1
+interactive: true
+user-id: 1000
+group-id: 1000
+"""
+MISSING = """
+kind: Command
+executable: /bin/no-such-program
 user-id: 1000
 group-id: 1000
 """
@@ -67,7 +83,7 @@ def cmd_tree(lithos):
     lithos.image(
         "cmd.v1",
         {"show.yaml": SHOW, "inter.yaml": INTERACTIVE, "sleep.yaml": SLEEP,
-         "daemon.yaml": DAEMON},
+         "daemon.yaml": DAEMON, "stubborn.yaml": STUBBORN, "missing.yaml": MISSING},
     )  # fmt: skip
     lithos.sandbox(
         "sb",
@@ -78,6 +94,8 @@ def cmd_tree(lithos):
         + entry("killed", "show.yaml", code="0", sig="9")
         + entry("inter", "inter.yaml", code="0", sig="none")
         + entry("sleeper", "sleep.yaml")
+        + entry("stubborn", "stubborn.yaml")
+        + entry("missing", "missing.yaml")
         + entry("daemon", "daemon.yaml", kind="Daemon"),
     )
     return lithos
@@ -176,30 +194,78 @@ def _read_line(fd: int, proc: subprocess.Popen[bytes], timeout_s: float = 20.0) 
     return data
 
 
-def test_sigterm_stops_the_command_and_leaves_nothing(cmd_tree) -> None:
-    """Better than CMD-2: the command gets SIGTERM and everything it had is removed."""
-    mounts_before = _mounts()
+def _start(lithos, name: str) -> tuple[subprocess.Popen[bytes], int]:
+    """lithos_cmd running `name`, once its command printed `sleeping` on our pipe."""
     out_r, out_w = os.pipe()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "broker.cmd", "-C", str(cmd_tree.master), "sb", "sleeper"],
+        [sys.executable, "-m", "broker.cmd", "-C", str(lithos.master), "sb", name],
         cwd=REPO, stdin=subprocess.DEVNULL, stdout=out_w, stderr=subprocess.PIPE,
         env=dict(os.environ, PYTHONPATH=str(REPO)),
     )  # fmt: skip
     os.close(out_w)
     try:
         assert _read_line(out_r, proc) == b"sleeping\n"
+    except BaseException:
+        os.close(out_r)
+        _stop(proc)
+        raise
+    return proc, out_r
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.parametrize("signo", [signal.SIGTERM, signal.SIGINT])
+def test_signal_stops_the_command_and_leaves_nothing(cmd_tree, signo: int) -> None:
+    """Better than CMD-2: SIGTERM or SIGINT to lithos_cmd stops the command (SIGTERM)
+    and its state dir, cgroup and mounts are gone; while it ran, it was in its cgroup
+    (T-51) with its memory-limit."""
+    mounts_before = _mounts()
+    proc, out_r = _start(cmd_tree, "sleeper")
+    try:
         name = f"cmd.sleeper.{proc.pid}"
         assert (cmd_tree.runtime / "state" / "sb" / name).is_dir()
-        groups = _cgroup_dirs(cmd_tree.cgroup_name)
-        assert any(g.name == f"sb:{name}.scope" for g in groups), groups
-        proc.send_signal(signal.SIGTERM)
+        groups = [g for g in _cgroup_dirs(cmd_tree.cgroup_name) if g.name == f"sb:{name}.scope"]
+        assert groups
+        procs = {int(p) for g in groups for p in (g / "cgroup.procs").read_text().split()}
+        assert len(procs) >= 2, procs  # the knot and the command
+        limits = [
+            (g / f).read_text().strip()
+            for g in groups
+            for f in ("memory.limit_in_bytes", "memory.max")
+            if (g / f).exists()
+        ]
+        assert limits == [str(100 * 1024 * 1024)]
+        proc.send_signal(signo)
         code = proc.wait(30)
     finally:
         os.close(out_r)
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        _stop(proc)
     assert code == 128 + signal.SIGTERM, proc.stderr.read() if proc.stderr else ""
     assert not (cmd_tree.runtime / "state" / "sb" / name).exists()
     assert not [g for g in _cgroup_dirs(cmd_tree.cgroup_name) if name in g.name]
     assert _mounts() == mounts_before
+
+
+def test_command_ignoring_sigterm_is_killed_after_kill_timeout(cmd_tree) -> None:
+    proc, out_r = _start(cmd_tree, "stubborn")
+    try:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(30)
+    finally:
+        os.close(out_r)
+        _stop(proc)
+    assert code == 128 + signal.SIGKILL
+    assert proc.stderr is not None
+    assert b"kill-timeout" in proc.stderr.read()
+
+
+def test_setup_failure_exits_1_with_one_line(cmd_tree) -> None:
+    done = lithos_cmd(cmd_tree, "sb", "missing")
+    assert done.returncode == 1
+    lines = done.stderr.decode().splitlines()
+    assert len(lines) == 1, lines
+    assert "/bin/no-such-program" in lines[0] and "missing.yaml" in lines[0], lines
