@@ -112,9 +112,10 @@ def lithos_cmd(lithos, *args: str, stdin: bytes = b"hello\n", **kw) -> subproces
 def test_argv_name_stdin_and_output_in_the_stdio_log(cmd_tree) -> None:
     """E-31: argv = arguments + extra args, LITHOS_NAME = sb/cmd.show.<pid>, stdin inherited,
     output of a non-interactive command in <stdio-log-dir>/sb.log."""
-    done = lithos_cmd(cmd_tree, "sb", "show", "a b", "c")
+    done = lithos_cmd(cmd_tree, "--log-stderr", "--log-level", "info", "sb", "show", "a b", "c")
     assert done.returncode == 0, done.stderr
     assert done.stdout == b""
+    assert re.search(rb"sb/cmd\.show\.\d+: ended, exit code 0", done.stderr), done.stderr
     log = cmd_tree.stdio_log("sb")
     assert "argv:first a b c" in log
     name = re.search(r"name:(sb/cmd\.show\.(\d+))", log)

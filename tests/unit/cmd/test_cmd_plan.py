@@ -88,3 +88,18 @@ def test_bridged_sandbox_refused_until_the_knot_builds_its_netns() -> None:
     process = find_command("job", sb, processes, "/etc/lt/processes/sb.yaml")
     with pytest.raises(CmdError, match=r"sandboxes/sb\.yaml: bridged-network: "):
         plan_command("job", 1, [], master, sb, process, container)
+
+
+@pytest.mark.parametrize(("kind", "ok"), [("CommandOrDaemon", True), ("Daemon", False)])
+def test_container_kind_must_allow_command(kind: str, ok: bool) -> None:
+    master, sb, processes, _ = configs()
+    container = parse_container(
+        CONTAINER.replace(b"kind: Command", f"kind: {kind}".encode()),
+        "/images/app.v1/config/job.yaml",
+    )
+    process = find_command("job", sb, processes, "/etc/lt/processes/sb.yaml")
+    if ok:
+        assert plan_command("job", 7, [], master, sb, process, container).name == "sb/cmd.job.7"
+    else:
+        with pytest.raises(CmdError, match=r"job\.yaml: kind: Daemon does not match kind Command"):
+            plan_command("job", 7, [], master, sb, process, container)
