@@ -182,7 +182,8 @@ def wait_knot(pid: int, signals: Signals) -> int:
                         log.info(
                             "%s: got %s, stopping the command", pid, signal.Signals(signo).name
                         )
-                        signal.pidfd_send_signal(pidfd, signal.SIGTERM)
+                        with contextlib.suppress(ProcessLookupError):  # already gone
+                            signal.pidfd_send_signal(pidfd, signal.SIGTERM)
             if pidfd in ready:
                 return os.waitpid(pid, 0)[1]
     finally:
@@ -247,6 +248,7 @@ def run(plan: StartPlan, cgroups: CgroupLayout | None, signals: Signals) -> int:
             raise CmdError(f"Can't run {plan.name}: {e}") from None
         os.close(status_w)
         status_w = -1
+        os.set_blocking(status_r, False)  # read once the knot is gone: never wait on it
         if group is not None:
             try:
                 group.add(pid)
