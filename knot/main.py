@@ -1,9 +1,10 @@
 """lithos_knot: pid 1 of one container. Builds it in a straight line, then waits.
 
 Usage (made by knot.spawn, never by hand):
-    lithos_knot --name SANDBOX/PROCESS.N --spec-fd N [--log-fd N]
+    lithos_knot --name SANDBOX/PROCESS.N --spec-fd N [--log-fd N] [--status-fd N]
 The spec (knot.spec.KnotSpec as JSON) is read from --spec-fd; the stdio log, if
-any, is --log-fd. The inherited tcp fds already sit at their numbers.
+any, is --log-fd; --status-fd (lithos_cmd) gets the service's wait status
+at each death (knot.service.report_status). The inherited tcp fds already sit at their numbers.
 
 Rules (STYLE P7): every setup step goes through step(), which turns an error
 into ONE line on stderr naming the step, the path and the config key, and exits
@@ -50,12 +51,12 @@ def step(spec: KnotSpec, label: str, key: str, fn: Callable[..., T], *args: obje
     fail(spec.name, f"{label}: {detail}{where}")
 
 
-def parse_args(argv: list[str]) -> tuple[str, int, int | None]:
-    """--name NAME --spec-fd N [--log-fd N]; anything else is a usage error."""
+def parse_args(argv: list[str]) -> tuple[str, int, int | None, int | None]:
+    """--name NAME --spec-fd N [--log-fd N] [--status-fd N]; anything else is a usage error."""
     values: dict[str, str] = {}
     it = iter(argv)
     for flag in it:
-        if flag not in ("--name", "--spec-fd", "--log-fd") or flag in values:
+        if flag not in ("--name", "--spec-fd", "--log-fd", "--status-fd") or flag in values:
             fail("?", f"usage: unexpected argument {flag!r} "
                       "(lithos_knot --name NAME --spec-fd N [--log-fd N])")
         value = next(it, None)
@@ -67,9 +68,10 @@ def parse_args(argv: list[str]) -> tuple[str, int, int | None]:
     try:
         spec_fd = int(values["--spec-fd"])
         log_fd = int(values["--log-fd"]) if "--log-fd" in values else None
+        status_fd = int(values["--status-fd"]) if "--status-fd" in values else None
     except ValueError:
-        fail(values["--name"], "usage: --spec-fd and --log-fd take fd numbers")
-    return values["--name"], spec_fd, log_fd
+        fail(values["--name"], "usage: --spec-fd, --log-fd and --status-fd take fd numbers")
+    return values["--name"], spec_fd, log_fd, status_fd
 
 
 def read_spec(name: str, spec_fd: int) -> KnotSpec:
@@ -148,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.pthread_sigmask(signal.SIG_BLOCK, service.WAITED_SIGNALS)
     import sys
 
-    name, spec_fd, log_fd = parse_args(sys.argv[1:] if argv is None else argv)
+    name, spec_fd, log_fd, status_fd = parse_args(sys.argv[1:] if argv is None else argv)
     spec = read_spec(name, spec_fd)
     mnt = spec.mount_dir
     step(spec, "make / private", "", setup.make_root_private)
@@ -174,4 +176,4 @@ def main(argv: list[str] | None = None) -> int:
     environ = build_environ(spec, secrets)
     step(spec, "set limits", "fileno-limit", set_fileno_limit, spec.fileno_limit)
     step(spec, "pivot_root", "image", setup.pivot, mnt)
-    return service.supervise(spec, environ, log_fd)
+    return service.supervise(spec, environ, log_fd, status_fd)

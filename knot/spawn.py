@@ -44,11 +44,14 @@ _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _BLOCKED = (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD)
 
 
-def knot_argv(name: str, spec_fd: int, log_fd: int | None) -> list[str]:
+def knot_argv(name: str, spec_fd: int, log_fd: int | None,
+              status_fd: int | None = None) -> list[str]:
     """The knot's command line; it contains `lithos_knot --name NAME` for pgrep -f."""
     argv = [sys.executable, "-m", KNOT_MODULE, "--name", name, "--spec-fd", str(spec_fd)]
     if log_fd is not None:
         argv += ["--log-fd", str(log_fd)]
+    if status_fd is not None:
+        argv += ["--status-fd", str(status_fd)]
     return argv
 
 
@@ -100,7 +103,8 @@ def _child(argv: list[str], fds: Mapping[int, int], parent_pidfd: int, pdeathsig
 
 
 def spawn_knot(spec: KnotSpec, *, inherited_fds: Mapping[int, int], stdin: int, stdout: int,
-               stderr: int, stdio_log: int | None = None, pdeathsig: bool = True) -> int:
+               stderr: int, stdio_log: int | None = None, pdeathsig: bool = True,
+               status_fd: int | None = None) -> int:
     """Forks and execs the knot for `spec`; returns its pid as the caller sees it.
 
     inherited_fds maps the fd number the service must see (spec.tcp_fds) to the
@@ -110,6 +114,9 @@ def spawn_knot(spec: KnotSpec, *, inherited_fds: Mapping[int, int], stdin: int, 
     pdeathsig=False is for lithos_tree: its containers must outlive a broker that
     is killed (it finds them again from its records); lithos_cmd keeps the
     original's SIGKILL on parent death (T-52).
+    status_fd (lithos_cmd): the knot writes the service's raw wait status there,
+    one decimal line per death, so that lithos_cmd can exit with the command's
+    own code (inventory "How we decide" 3); the service never sees this fd.
     Raises: ValueError if inherited_fds does not match spec.tcp_fds; OSError.
     """
     if sorted(inherited_fds) != sorted(spec.tcp_fds):
@@ -118,13 +125,16 @@ def spawn_knot(spec: KnotSpec, *, inherited_fds: Mapping[int, int], stdin: int, 
     fds = {0: stdin, 1: stdout, 2: stderr, **inherited_fds}
     spec_no = max(fds) + 1
     log_no = spec_no + 1 if stdio_log is not None else None
+    status_no = max(spec_no, log_no or 0) + 1 if status_fd is not None else None
     spec_fd = _spec_memfd(spec)
     own_pidns = pidfd = -1
     try:
         fds[spec_no] = spec_fd
         if stdio_log is not None and log_no is not None:
             fds[log_no] = stdio_log
-        argv = knot_argv(spec.name, spec_no, log_no)
+        if status_fd is not None and status_no is not None:
+            fds[status_no] = status_fd
+        argv = knot_argv(spec.name, spec_no, log_no, status_no)
         pidfd = os.pidfd_open(os.getpid())
         own_pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
         # Blocked across the fork too: a SIGTERM between fork and exec would be
