@@ -315,16 +315,20 @@ def _wait_gone(pid: int, timeout_s: float = 10.0) -> None:
 
 
 def _remove_cgroups(name: str) -> None:
+    """Removes this test's cgroup (`<hierarchy>/<name>` and below) in every hierarchy."""
     base = Path("/sys/fs/cgroup")
-    for top in [base, *base.iterdir()] if base.is_dir() else []:
-        for group in sorted(top.rglob(f"{name}*"), key=lambda p: -len(p.parts)):
-            if group.is_dir():
-                for sub in sorted(group.rglob("*"), key=lambda p: -len(p.parts)):
-                    if sub.is_dir():
-                        with contextlib.suppress(OSError):
-                            sub.rmdir()
-                with contextlib.suppress(OSError):
-                    group.rmdir()
+    tops = [base, *(p for p in base.iterdir() if p.is_dir())] if base.is_dir() else []
+    for top in tops:
+        group = top / name
+        if not group.is_dir():
+            continue
+        try:
+            subs = sorted((p for p in group.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts))
+        except FileNotFoundError:
+            subs = []
+        for sub in [*subs, group]:
+            with contextlib.suppress(OSError):
+                sub.rmdir()
 
 
 def _unmount_below(root: Path) -> None:
