@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -99,3 +100,49 @@ def test_ps_without_daemon_warns_and_exits_0(lithos) -> None:
     out = run("supervisor.ps", "-C", str(lithos.master))
     assert out.returncode == 0 and out.stdout == ""
     assert "no lithos_tree listens" in out.stderr
+
+
+def test_ps_works_as_non_root(lithos) -> None:
+    """GetStatus is allowed to anyone: run lithos_ps in a child that dropped to uid 1000
+    (forked, since this python lives under /root, where uid 1000 cannot exec it)."""
+    from supervisor import ps
+
+    apps = start_two(lithos)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: drop privileges, run lithos_ps with stdout on the pipe
+        code = 1
+        try:
+            os.close(r)
+            os.setgroups([])
+            os.setgid(1000)
+            os.setuid(1000)
+            os.dup2(w, 1)
+            sys.stdout = os.fdopen(1, "w", closefd=False)
+            code = ps.main(["-C", str(lithos.master), "--no-color"])
+            sys.stdout.flush()
+        finally:
+            os._exit(code)
+    os.close(w)
+    with os.fdopen(r) as f:
+        text = f.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, text
+    assert f"{apps['socket/socket.0']} socket/socket.0 " in text
+
+
+def test_ps_monitor_prints_a_table_until_interrupted(lithos) -> None:
+    start_two(lithos)
+    proc = subprocess.Popen([sys.executable, "-m", "supervisor.ps", "-C", str(lithos.master),
+                             "--monitor"], cwd=REPO, text=True, stdout=subprocess.PIPE,
+                            env=dict(os.environ, PYTHONPATH=str(REPO)))
+    try:
+        assert proc.stdout is not None
+        header = proc.stdout.readline()  # blocks until the first screen
+        assert re.fullmatch(r"\x1b\[2J\x1b\[;H +PID NAME +CPU THR PRC +MEM \n", header), header
+        rows = [proc.stdout.readline() for _ in range(2)]
+        assert [r.split()[1] for r in rows] == ["socket/socket.0", "socket/socket.1"]
+        assert all(r.split()[3:5] == ["1", "1"] for r in rows), rows
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(10) == 0
