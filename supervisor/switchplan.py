@@ -130,7 +130,13 @@ def plan_switch(sandbox: SandboxConfig, old_path: Path, new_path: Path,
     changes = dry_run(previous, desired, failures, table, now)
     fresh = frozenset(c.subject for c in changes
                       if c.text.startswith(("start:", "restart:")) and c.subject in desired)
-    gone = frozenset(n for n in table if n not in desired)
+    frozen = {f.sandbox if f.process is None else f"{f.sandbox}/{f.process}"
+              for f in failures}  # decision 4: a failed config keeps its instances
+
+    def kept(name: str) -> bool:
+        return name.split("/", 1)[0] in frozen or name.rsplit(".", 1)[0] in frozen
+
+    gone = frozenset(n for n in table if n not in desired and not kept(n))
     return SwitchPlan(changes, frozenset(desired), fresh, gone)
 
 
