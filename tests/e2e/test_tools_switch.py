@@ -120,3 +120,19 @@ def test_dry_run_plans_and_changes_nothing(tree) -> None:
     assert "medium" in bad.stderr and bad.stdout == ""
     assert target.read_text() == OLD
     assert tree.running() == before
+
+
+def test_falls_back_to_sigquit_without_the_control_socket_e33(tree) -> None:
+    """The original's way: with no control socket, SIGQUIT to the pid in master.pid
+    re-executes lithos_tree, which re-reads the configs and restarts the changed entry."""
+    before = start(tree)
+    (tree.runtime / "control.sock").unlink()  # the broker keeps running; nobody can connect
+    mark = tree.mark()
+    new = entry("a", instances=4) + entry("b", mode="slow") + entry("c")
+    out = run("-C", str(tree.master), "sb", str(new_file(tree, new)))
+    assert out.returncode == 0, out.stderr
+    tree.wait_for(r"re-executing lithos_tree", start=mark)
+    tree.wait_stdio("sb", r"ready sb/b\.0 slow")
+    after = tree.running()  # the re-executed tree opened a new control socket
+    assert after["sb/b.0"] != before["sb/b.0"]
+    assert after["sb/a.0"] == before["sb/a.0"] and after["sb/c.0"] == before["sb/c.0"]
