@@ -192,12 +192,28 @@ def scan(status: m.StatusTree, config: str) -> TreeView:
                     None if i.last_exit is None else describe_exit(i.last_exit),
                     None if i.last_exit is None else exit_json(i.last_exit),
                     None if i.pid is None else cgroup_memory(i.pid)))
-    return TreeView(int(status.broker_pid), config, tuple(views))
+    errors = {sb.name: sb.config_error for sb in status.sandboxes if sb.config_error}
+    return TreeView(int(status.broker_pid), config, tuple(views), errors)
+
+
+def tree_config(pid: int, fallback: str) -> str:
+    """The master config lithos_tree was started with (its -C), as the original shows."""
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return fallback
+    for n, arg in enumerate(args):
+        if arg in (b"-C", b"--config") and n + 1 < len(args):
+            return os.fsdecode(args[n + 1])
+        if arg.startswith(b"--config="):
+            return os.fsdecode(arg[len(b"--config="):])
+    return fallback
 
 
 def trees(runtime_dir: Path, config: str) -> list[TreeView]:
     try:
-        return [scan(control.status(runtime_dir), config)]
+        status = control.status(runtime_dir)
+        return [scan(status, tree_config(int(status.broker_pid), config))]
     except control.NoDaemon as e:
         print(f"lithos_ps: warning: {e}", file=sys.stderr)
         return []

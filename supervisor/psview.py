@@ -107,6 +107,7 @@ class TreeView:
     pid: int
     config: str
     instances: tuple[InstanceView, ...]
+    config_errors: dict[str, str] = field(default_factory=dict)  # sandbox -> why
 
 
 @dataclass(slots=True)
@@ -202,9 +203,12 @@ def tree_node(tree: TreeView, color: bool, now: float) -> Node:
     """The original's tree: tree -> sandboxes -> processes -> instances, sorted."""
     root = Line(color).paint(BLUE, tree.pid).norm("tree").paint(BLUE, tree.config)
     node = Node(str(_counts(root, _sum(tree.instances))))
-    for sandbox in sorted({i.sandbox for i in tree.instances}):
+    for sandbox in sorted({i.sandbox for i in tree.instances} | set(tree.config_errors)):
         in_sb = [i for i in tree.instances if i.sandbox == sandbox]
-        sb_node = Node(str(_counts(Line(color).norm(sandbox), _sum(in_sb))))
+        sb_line = _counts(Line(color).norm(sandbox), _sum(in_sb))
+        if sandbox in tree.config_errors:  # beyond the original: its last reload failed
+            sb_line.paint(RED, "<config error>")
+        sb_node = Node(str(sb_line))
         node.children.append(sb_node)
         for process in sorted({i.process for i in in_sb}):
             insts = sorted((i for i in in_sb if i.process == process), key=lambda i: i.index)
@@ -240,6 +244,7 @@ def to_json(trees: Sequence[TreeView]) -> str:
         "pid": t.pid,
         "config": t.config,
         "children": [_instance_json(i) for i in t.instances],
+        "config_errors": dict(sorted(t.config_errors.items())),
     } for t in trees]}
     return json.dumps(doc, sort_keys=True, separators=(",", ":"))
 

@@ -106,17 +106,21 @@ def test_history_used_unused_and_delete(tree: Tree) -> None:
 def test_keep_recent_and_hidden_and_symlinks_are_spared(tree: Tree) -> None:
     tree.image("cur")
     tree.image("old")
-    tree.image("new", age_s=60)
     tree.image(".hidden")
+    tree.image("backup~")
     (tree.images / "link").symlink_to(tree.images / "old")
+    (tree.images / "file").write_text("not an image")
     tree.sandbox("web", "used-images-list: " + str(tree.root / "used.txt") + "\n",
                  processes="web: {image: cur, config: /c.yaml}\n")
     (tree.root / "used.txt").write_text("\n  cur \nbad/name\n")
-    out = tree.run("--unused", "--keep-recent", "1h")
+    out = tree.run("--unused")
     assert listed(out.stdout) == {str(tree.images / "old")}
     assert 'Image name "bad/name"' in out.stderr
-    out = tree.run("--unused")
-    assert listed(out.stdout) == {str(tree.images / "old"), str(tree.images / "new")}
+    # "old" has an old mtime, but its inode changed (ctime) just now: it is spared
+    out = tree.run("--unused", "--keep-recent", "1h")
+    assert out.returncode == 0 and out.stdout == ""
+    out = tree.run("--unused", "--keep-recent", "0s")
+    assert listed(out.stdout) == {str(tree.images / "old")}
 
 
 def test_conflicting_auto_clean_marks_the_dir_bad_x_clean_6(tree: Tree) -> None:

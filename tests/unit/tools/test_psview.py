@@ -92,6 +92,13 @@ def test_down_instance_and_restarts_are_shown() -> None:
     assert out[4] == "          └─11 a/web.1 2m3s [1/1] 7.5MiB (restarts:1 last:SIGKILL)"
 
 
+def test_sandbox_whose_reload_failed_is_marked() -> None:
+    tree = TreeView(1, "m.yaml", (inst("a", "web", 0, 10, 11),), {"b": "b.yaml: bad"})
+    out = render_trees([tree], False, NOW).splitlines()
+    assert out[3] == "  └─b [0/0] 0B <config error>"
+    assert json.loads(to_json([tree]))["trees"][0]["config_errors"] == {"b": "b.yaml: bad"}
+
+
 def test_connectors() -> None:
     node = Node("parent", [Node("child1", [Node("subchild")]), Node("child2", [Node("s")])])
     assert render_tree(node) == (
@@ -120,7 +127,8 @@ def test_json_schema_sorted_keys_no_newline() -> None:
     doc = json.loads(text)
     assert list(doc) == ["trees"]
     tree = doc["trees"][0]
-    assert sorted(tree) == ["children", "config", "pid"]
+    assert sorted(tree) == ["children", "config", "config_errors", "pid"]
+    assert tree["config_errors"] == {}
     child = tree["children"][1]
     assert child["name"] == "socket/socket.0" and child["pid"] == 5000 and child["ok"] is True
     assert sorted(child) == ["cgroup_memory", "last_exit", "name", "ok", "pid", "processes",
