@@ -217,7 +217,7 @@ def _walk(root: Path, levels: int) -> list[Path]:
     """Directories exactly `levels` deep; no symlinks, hidden or backup (`~`) names."""
     found = [root]
     for _ in range(levels):
-        deeper = []
+        deeper: list[Path] = []
         for d in found:
             try:
                 entries = sorted(os.scandir(d), key=lambda e: e.name)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,7 +48,7 @@ class SwitchPlan:
     gone: frozenset[str]  # instances that must stop
 
 
-def desired_of(sandbox: SandboxConfig, processes: dict[str, ProcessConfig]
+def desired_of(sandbox: SandboxConfig, processes: Mapping[str, ProcessConfig]
                ) -> tuple[dict[str, DesiredInstance], list[ConfigFailure]]:
     """Every Daemon instance of one sandbox with a describable spec."""
     out: dict[str, DesiredInstance] = {}
