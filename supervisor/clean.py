@@ -49,6 +49,13 @@ EXAMPLES = """examples:
 """
 
 
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="lithos_clean", epilog=EXAMPLES,
@@ -56,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Show used and unused images, and delete unused ones.")
     p.add_argument("-C", "--config", type=Path, default=Path("/etc/lithos/master.yaml"),
                    metavar="FILE", help="master config (default %(default)s)")
-    p.add_argument("--keep-recent", type=parse_duration, metavar="DELTA",
+    p.add_argument("--keep-recent", type=_duration, metavar="DELTA",
                    help="never count as unused an image dir created or modified within "
                         "DELTA (e.g. 1h, 30min, 2days)")
     p.add_argument("-D", "--history-days", type=float, metavar="DAYS",
