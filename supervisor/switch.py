@@ -124,6 +124,9 @@ def live_status(runtime_dir: Path) -> m.StatusTree | None:
         return control.status(runtime_dir)
     except control.NoDaemon:
         return None
+    except control.ControlError as e:
+        _say(f"warning: cannot read the live status: {e}")
+        return None
 
 
 def print_plan(plan: SwitchPlan, running: bool) -> None:
@@ -143,7 +146,7 @@ def wait_done(runtime_dir: Path, sandbox: str, plan: SwitchPlan, asked_at: float
         now = time.monotonic()
         try:
             left = unmet(plan, control.status(runtime_dir), sandbox, now - asked_at)
-        except control.NoDaemon as e:
+        except (control.NoDaemon, control.ControlError) as e:  # e.g. while it re-executes
             left = [f"lithos_tree: {e}"]
         if not left or now >= deadline:
             return left
