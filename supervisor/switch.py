@@ -131,7 +131,7 @@ def live_status(runtime_dir: Path) -> m.StatusTree | None:
 
 def print_plan(plan: SwitchPlan, running: bool) -> None:
     if not running:
-        print("no lithos_tree is running: the plan is against an empty tree")
+        print("no lithos_tree is running: as if it ran the current config")
     for change in plan.changes:
         print(change)
     if not plan.changes:

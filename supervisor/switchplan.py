@@ -127,7 +127,11 @@ def plan_switch(sandbox: SandboxConfig, old_path: Path, new_path: Path,
                 status: m.StatusTree | None, now: float) -> SwitchPlan:
     previous, _ = load_desired(sandbox, old_path)
     desired, failures = load_desired(sandbox, new_path)
-    table = live_table(status, sandbox.name, previous, now)
+    if status is None:  # no tree runs: compare the configs as if it ran the current one
+        table = {n: Instance(n, d.spec, State.RUNNING, Pid(0), d.spec.fingerprint, now)
+                 for n, d in previous.items()}
+    else:
+        table = live_table(status, sandbox.name, previous, now)
     changes = dry_run(previous, desired, failures, table, now)
     fresh = frozenset(c.subject for c in changes
                       if c.text.startswith(("start:", "restart:")) and c.subject in desired)

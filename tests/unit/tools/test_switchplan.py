@@ -78,6 +78,12 @@ def test_reasons(sandbox, tmp_path: Path) -> None:
     assert p.gone == {"sb/a.3", "sb/gone.0"}
 
 
+def test_without_a_tree_the_configs_are_compared(sandbox, tmp_path: Path) -> None:
+    p = plan(sandbox, tmp_path, entry("a", instances=2), entry("a", mode="slow"), None)
+    assert [str(c) for c in p.changes] == ["sb/a.0: restart: variables changed",
+                                           "sb/a.1: stop: instances lowered 2 -> 1"]
+
+
 def test_container_config_edited_in_place(sandbox, tmp_path: Path) -> None:
     old = entry("a")
     (tmp_path / "old.yaml").write_text(old)
