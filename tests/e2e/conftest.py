@@ -163,7 +163,11 @@ log-level: debug
         return wait_for_file_text(path, pattern, timeout_s)
 
     def service_pid(self, knot_pid: int) -> int:
-        """The service (pid 2 inside) of a knot whose start line was seen."""
+        """The service (pid 2 inside) of a knot, once the service said it runs.
+
+        The knot logs `Starting` just before it forks: wait for a line the
+        service itself prints (e.g. `echo ready $LITHOS_NAME`) before calling this.
+        """
         children = Path(f"/proc/{knot_pid}/task/{knot_pid}/children").read_text().split()
         assert len(children) == 1, f"knot {knot_pid} has children {children}"
         return int(children[0])
