@@ -311,8 +311,8 @@ class LithosKnotNoSite(LithosKnot):
 
         plain = knot.spawn.knot_argv
 
-        def with_s(name: str, spec_fd: int, log_fd: int | None) -> list[str]:
-            argv = plain(name, spec_fd, log_fd)
+        def with_s(*args: int | str | None) -> list[str]:
+            argv = plain(*args)  # type: ignore[arg-type]
             return [argv[0], "-S", *argv[1:]]
 
         knot.spawn.knot_argv = with_s

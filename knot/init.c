@@ -46,6 +46,7 @@ struct desc {
     char *kill_timeout_text;
     int ncodes; int *codes;               /* normal-exit-codes */
     int log_fd;                           /* -1: no stdio log */
+    int status_fd;                        /* -1: none; lithos_cmd's wait-status pipe */
     int output;                           /* 'l' log, 'i' inherit (interactive), 'f' file */
     char *output_file;
     long long uid, gid;
@@ -143,6 +144,7 @@ static void read_desc(int fd) {
     d.restart_timeout_ns = next_int("restart-timeout-ns", 0, 86400LL * 1000000000);
     d.codes = next_ints("normal-exit-codes", &d.ncodes, 0, 255);
     d.log_fd = (int)next_int("log-fd", -1, INT_MAX);
+    d.status_fd = (int)next_int("status-fd", -1, INT_MAX);
     char *output = next_str("output");
     if (strcmp(output, "log") && strcmp(output, "inherit") && strcmp(output, "file"))
         bad("not log, inherit or file", "output");
@@ -460,6 +462,11 @@ static int supervise(void) {
         char text[128];
         status_text(text, sizeof text, status);
         log_line("Process %s %s, uptime %llds", d.quoted_name, text, uptime_ns / 1000000000);
+        if (d.status_fd >= 0) {   /* lithos_cmd: the raw wait status (service.report_status) */
+            char line[16];
+            int len = snprintf(line, sizeof line, "%d\n", status);
+            write_all(d.status_fd, line, (size_t)len);   /* EPIPE (lithos_cmd gone): ignored */
+        }
         if (should_exit) return exit_code;
         /* Daemon with restart-process-only: same container, new service process,
            restart-timeout measured from the previous start (E-13). */
@@ -499,5 +506,7 @@ int main(int argc, char **argv) {
     if (strcmp(d.name, argv[2]) != 0)
         bad("does not match --name", "name");
     if (d.log_fd >= 0) fcntl(d.log_fd, F_SETFD, FD_CLOEXEC);   /* never the service's */
+    if (d.status_fd >= 0) fcntl(d.status_fd, F_SETFD, FD_CLOEXEC);
+    signal(SIGPIPE, SIG_IGN);   /* as in the Python knot: EPIPE, not death */
     return supervise();
 }

@@ -42,6 +42,7 @@ class InitDescription:
     restart_timeout_ns: int
     normal_exit_codes: tuple[int, ...]
     log_fd: int               # -1: no stdio log
+    status_fd: int            # -1: none; else lithos_cmd's, one wait status line per death
     output: str               # "log", "inherit" (interactive) or "file"
     output_file: str          # the stdout-stderr-file path when output is "file", else ""
     uid: int
@@ -60,8 +61,9 @@ def _map_text(entries: tuple[IdMap, ...]) -> str:
     return "".join(f"{m.inside} {m.outside} {m.count}\n" for m in entries)
 
 
-def from_spec(spec: KnotSpec, environ: Mapping[str, str], log_fd: int | None) -> InitDescription:
-    """What supervise(spec, environ, log_fd) would do, as data for init.c."""
+def from_spec(spec: KnotSpec, environ: Mapping[str, str], log_fd: int | None,
+              status_fd: int | None = None) -> InitDescription:
+    """What supervise(spec, environ, log_fd, status_fd) would do, as data for init.c."""
     if spec.interactive:
         output, output_file = "inherit", ""
     elif spec.stdout_stderr_file is not None:
@@ -77,7 +79,8 @@ def from_spec(spec: KnotSpec, environ: Mapping[str, str], log_fd: int | None) ->
         kill_timeout_text=seconds_text(spec.kill_timeout_s),
         restart_timeout_ns=round(spec.restart_timeout_s * 1e9),
         normal_exit_codes=spec.normal_exit_codes,
-        log_fd=-1 if log_fd is None else log_fd, output=output, output_file=output_file,
+        log_fd=-1 if log_fd is None else log_fd,
+        status_fd=-1 if status_fd is None else status_fd, output=output, output_file=output_file,
         uid=spec.uid, gid=spec.gid,
         uid_map=_map_text(spec.uid_map), gid_map=_map_text(spec.gid_map),
         workdir=spec.workdir, executable=spec.executable, argv=spec.argv,
@@ -93,8 +96,8 @@ def encode(desc: InitDescription) -> bytes:
             str(int(d.restart_process_only)), str(d.kill_timeout_ns), d.kill_timeout_text,
             str(d.restart_timeout_ns)]
     out += [str(len(d.normal_exit_codes)), *map(str, d.normal_exit_codes)]
-    out += [str(d.log_fd), d.output, d.output_file, str(d.uid), str(d.gid), d.uid_map,
-            d.gid_map, d.workdir, d.executable]
+    out += [str(d.log_fd), str(d.status_fd), d.output, d.output_file, str(d.uid), str(d.gid),
+            d.uid_map, d.gid_map, d.workdir, d.executable]
     for items in (d.argv, d.environ, d.pid_env_vars):
         out += [str(len(items)), *items]
     out += [str(len(d.tcp_fds)), *map(str, d.tcp_fds), "end"]
@@ -153,6 +156,7 @@ def decode(data: bytes) -> InitDescription:
     restart_ns = r.number("restart-timeout-ns", 0, MAX_NS)
     codes = r.numbers("normal-exit-codes", 0, 255)
     log_fd = r.number("log-fd", -1, 2**31 - 1)
+    status_fd = r.number("status-fd", -1, 2**31 - 1)
     output = r.text("output")
     if output not in ("log", "inherit", "file"):
         raise r.fail("output", "not log, inherit or file")
@@ -178,6 +182,7 @@ def decode(data: bytes) -> InitDescription:
         name=name, quoted_name=quoted, command_text=command, container_config=config,
         kind=Kind(kind_text), restart_process_only=restart_only, kill_timeout_ns=kill_ns,
         kill_timeout_text=kill_text, restart_timeout_ns=restart_ns, normal_exit_codes=codes,
-        log_fd=log_fd, output=output, output_file=output_file, uid=uid, gid=gid,
+        log_fd=log_fd, status_fd=status_fd, output=output, output_file=output_file, uid=uid,
+        gid=gid,
         uid_map=uid_map, gid_map=gid_map, workdir=workdir, executable=executable, argv=argv,
         environ=environ, pid_env_vars=pid_vars, tcp_fds=tcp_fds)

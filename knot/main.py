@@ -1,10 +1,11 @@
 """lithos_knot: pid 1 of one container. Builds it in a straight line, then waits.
 
 Usage (made by knot.spawn, never by hand):
-    lithos_knot --name SANDBOX/PROCESS.N --spec-fd N [--log-fd N] [--init PATH]
+    lithos_knot --name SANDBOX/PROCESS.N --spec-fd N [--log-fd N] [--status-fd N] [--init PATH]
 The spec (knot.spec.KnotSpec as JSON) is read from --spec-fd; the stdio log, if
-any, is --log-fd. The inherited tcp fds already sit at their numbers. With
---init, the native pid 1 (knot/init.c, built by knot.initbin) is opened before
+any, is --log-fd; --status-fd (lithos_cmd) gets the service's wait status
+at each death (knot.service.report_status). The inherited tcp fds already sit at their numbers.
+With --init, the native pid 1 (knot/init.c, built by knot.initbin) is opened before
 pivot_root and exec'd by fd after setup instead of running knot.service's loop
 in Python (the same duties, ~0.1 MB instead of ~9 MB per container).
 
@@ -53,15 +54,17 @@ def step(spec: KnotSpec, label: str, key: str, fn: Callable[..., T], *args: obje
     fail(spec.name, f"{label}: {detail}{where}")
 
 
-USAGE = "lithos_knot --name NAME --spec-fd N [--log-fd N] [--init PATH]"
+USAGE = "lithos_knot --name NAME --spec-fd N [--log-fd N] [--status-fd N] [--init PATH]"
 
 
-def parse_args(argv: list[str]) -> tuple[str, int, int | None, str | None]:
-    """--name NAME --spec-fd N [--log-fd N] [--init PATH]; anything else is a usage error."""
+def parse_args(argv: list[str]) -> tuple[str, int, int | None, int | None, str | None]:
+    """--name NAME --spec-fd N [--log-fd N] [--status-fd N] [--init PATH]; anything else
+    is a usage error. Returns name, spec fd, log fd, status fd, native init path."""
     values: dict[str, str] = {}
     it = iter(argv)
     for flag in it:
-        if flag not in ("--name", "--spec-fd", "--log-fd", "--init") or flag in values:
+        if (flag not in ("--name", "--spec-fd", "--log-fd", "--status-fd", "--init")
+                or flag in values):
             fail("?", f"usage: unexpected argument {flag!r} ({USAGE})")
         value = next(it, None)
         if value is None:
@@ -72,9 +75,10 @@ def parse_args(argv: list[str]) -> tuple[str, int, int | None, str | None]:
     try:
         spec_fd = int(values["--spec-fd"])
         log_fd = int(values["--log-fd"]) if "--log-fd" in values else None
+        status_fd = int(values["--status-fd"]) if "--status-fd" in values else None
     except ValueError:
-        fail(values["--name"], "usage: --spec-fd and --log-fd take fd numbers")
-    return values["--name"], spec_fd, log_fd, values.get("--init")
+        fail(values["--name"], "usage: --spec-fd, --log-fd and --status-fd take fd numbers")
+    return values["--name"], spec_fd, log_fd, status_fd, values.get("--init")
 
 
 def read_spec(name: str, spec_fd: int) -> KnotSpec:
@@ -149,13 +153,13 @@ def set_fileno_limit(limit: int) -> None:
 
 
 def exec_native_init(spec: KnotSpec, environ: dict[str, str], log_fd: int | None,
-                     init_fd: int) -> None:
+                     status_fd: int | None, init_fd: int) -> None:
     """Hands pid 1 to knot/init.c: the description on a memfd, then fexecve.
 
     Returns only if the exec failed (one line on stderr; the caller then runs the
     Python pid 1, which does the same).
     """
-    data = initdesc.encode(initdesc.from_spec(spec, environ, log_fd))
+    data = initdesc.encode(initdesc.from_spec(spec, environ, log_fd, status_fd))
     desc_fd = os.memfd_create("lithos-init", 0)  # inherited by init.c, which closes it
     try:
         view = memoryview(data)
@@ -177,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.pthread_sigmask(signal.SIG_BLOCK, service.WAITED_SIGNALS)
     import sys
 
-    name, spec_fd, log_fd, init_path = parse_args(sys.argv[1:] if argv is None else argv)
+    name, spec_fd, log_fd, status_fd, init_path = parse_args(
+        sys.argv[1:] if argv is None else argv)
     spec = read_spec(name, spec_fd)
     init_fd = None  # opened now: after pivot_root the host's paths are gone
     if init_path is not None:
@@ -208,5 +213,5 @@ def main(argv: list[str] | None = None) -> int:
     step(spec, "set limits", "fileno-limit", set_fileno_limit, spec.fileno_limit)
     step(spec, "pivot_root", "image", setup.pivot, mnt)
     if init_fd is not None:
-        exec_native_init(spec, environ, log_fd, init_fd)
-    return service.supervise(spec, environ, log_fd)
+        exec_native_init(spec, environ, log_fd, status_fd, init_fd)
+    return service.supervise(spec, environ, log_fd, status_fd)

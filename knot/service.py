@@ -196,7 +196,17 @@ def _open_output(spec: KnotSpec, log_fd: int | None) -> tuple[int | None, bool]:
     return log_fd, False
 
 
-def supervise(spec: KnotSpec, environ: Mapping[str, str], log_fd: int | None) -> int:
+def report_status(status_fd: int | None, status: int) -> None:
+    """lithos_cmd's --status-fd: the service's raw wait status, one decimal line."""
+    if status_fd is not None:
+        try:  # noqa: SIM105 - contextlib is not loaded after pivot_root
+            os.write(status_fd, f"{status}\n".encode())
+        except OSError:
+            pass  # lithos_cmd is gone (EPIPE): the exit code still tells normal/abnormal
+
+
+def supervise(spec: KnotSpec, environ: Mapping[str, str], log_fd: int | None,
+              status_fd: int | None = None) -> int:
     """K-41: start the service, wait, restart in place if asked; returns the exit code."""
     should_exit = not (spec.kind is Kind.DAEMON and spec.restart_process_only)
     got_sigterm = False
@@ -235,6 +245,7 @@ def supervise(spec: KnotSpec, environ: Mapping[str, str], log_fd: int | None) ->
         exit_code = EXIT_NORMAL if normal else EXIT_ABNORMAL
         _log(log_fd, stdiolog.death_line(spec.name, stdiolog.status_text_of(status), uptime,
                                          _now()))
+        report_status(status_fd, status)
         if should_exit:
             return exit_code
         # Daemon with restart-process-only: same container, new service process,

@@ -44,11 +44,14 @@ _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _BLOCKED = (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD)
 
 
-def knot_argv(name: str, spec_fd: int, log_fd: int | None) -> list[str]:
+def knot_argv(name: str, spec_fd: int, log_fd: int | None,
+              status_fd: int | None = None) -> list[str]:
     """The knot's command line; it contains `lithos_knot --name NAME` for pgrep -f."""
     argv = [sys.executable, "-m", KNOT_MODULE, "--name", name, "--spec-fd", str(spec_fd)]
     if log_fd is not None:
         argv += ["--log-fd", str(log_fd)]
+    if status_fd is not None:
+        argv += ["--status-fd", str(status_fd)]
     return argv
 
 
@@ -104,6 +107,7 @@ AUTO = "auto"
 
 def spawn_knot(spec: KnotSpec, *, inherited_fds: Mapping[int, int], stdin: int, stdout: int,
                stderr: int, stdio_log: int | None = None, pdeathsig: bool = True,
+               status_fd: int | None = None,
                native_init: str | os.PathLike[str] | None = AUTO) -> int:
     """Forks and execs the knot for `spec`; returns its pid as the caller sees it.
 
@@ -114,6 +118,9 @@ def spawn_knot(spec: KnotSpec, *, inherited_fds: Mapping[int, int], stdin: int, 
     pdeathsig=False is for lithos_tree: its containers must outlive a broker that
     is killed (it finds them again from its records); lithos_cmd keeps the
     original's SIGKILL on parent death (T-52).
+    status_fd (lithos_cmd): the knot writes the service's raw wait status there,
+    one decimal line per death, so that lithos_cmd can exit with the command's
+    own code (inventory "How we decide" 3); the service never sees this fd.
     native_init: the native pid 1 binary the knot execs after setup (knot/init.c);
     None runs the Python pid 1; AUTO asks knot.initbin.choose() (native when it can
     be built, unless LITHOS_KNOT_INIT=python).
@@ -125,13 +132,16 @@ def spawn_knot(spec: KnotSpec, *, inherited_fds: Mapping[int, int], stdin: int, 
     fds = {0: stdin, 1: stdout, 2: stderr, **inherited_fds}
     spec_no = max(fds) + 1
     log_no = spec_no + 1 if stdio_log is not None else None
+    status_no = max(spec_no, log_no or 0) + 1 if status_fd is not None else None
     spec_fd = _spec_memfd(spec)
     own_pidns = pidfd = -1
     try:
         fds[spec_no] = spec_fd
         if stdio_log is not None and log_no is not None:
             fds[log_no] = stdio_log
-        argv = knot_argv(spec.name, spec_no, log_no)
+        if status_fd is not None and status_no is not None:
+            fds[status_no] = status_fd
+        argv = knot_argv(spec.name, spec_no, log_no, status_no)
         if native_init == AUTO:
             native_init = initbin.choose()
         if native_init is not None:

@@ -163,7 +163,11 @@ log-level: debug
         return wait_for_file_text(path, pattern, timeout_s)
 
     def service_pid(self, knot_pid: int) -> int:
-        """The service (pid 2 inside) of a knot whose start line was seen."""
+        """The service (pid 2 inside) of a knot, once the service said it runs.
+
+        The knot logs `Starting` just before it forks: wait for a line the
+        service itself prints (e.g. `echo ready $LITHOS_NAME`) before calling this.
+        """
         children = Path(f"/proc/{knot_pid}/task/{knot_pid}/children").read_text().split()
         assert len(children) == 1, f"knot {knot_pid} has children {children}"
         return int(children[0])
@@ -315,16 +319,20 @@ def _wait_gone(pid: int, timeout_s: float = 10.0) -> None:
 
 
 def _remove_cgroups(name: str) -> None:
+    """Removes this test's cgroup (`<hierarchy>/<name>` and below) in every hierarchy."""
     base = Path("/sys/fs/cgroup")
-    for top in [base, *base.iterdir()] if base.is_dir() else []:
-        for group in sorted(top.rglob(f"{name}*"), key=lambda p: -len(p.parts)):
-            if group.is_dir():
-                for sub in sorted(group.rglob("*"), key=lambda p: -len(p.parts)):
-                    if sub.is_dir():
-                        with contextlib.suppress(OSError):
-                            sub.rmdir()
-                with contextlib.suppress(OSError):
-                    group.rmdir()
+    tops = [base, *(p for p in base.iterdir() if p.is_dir())] if base.is_dir() else []
+    for top in tops:
+        group = top / name
+        if not group.is_dir():
+            continue
+        try:
+            subs = sorted((p for p in group.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts))
+        except FileNotFoundError:
+            subs = []
+        for sub in [*subs, group]:
+            with contextlib.suppress(OSError):
+                sub.rmdir()
 
 
 def _unmount_below(root: Path) -> None:

@@ -43,7 +43,8 @@ def test_from_spec_decides_everything_in_python() -> None:
     assert d.command_text == '"/usr/bin/python3" "app.py" "say \\"hi\\"\\n"'
     assert (d.kill_timeout_ns, d.kill_timeout_text) == (300_000_000, "0.3")
     assert d.restart_timeout_ns == 10**9 and d.normal_exit_codes == (0, 200)
-    assert (d.output, d.output_file, d.log_fd) == ("log", "", 9)
+    assert (d.output, d.output_file, d.log_fd, d.status_fd) == ("log", "", 9, -1)
+    assert initdesc.from_spec(SPEC, {}, 9, 12).status_fd == 12
     assert (d.uid_map, d.gid_map) == ("0 200000 65536\n", "")
     assert d.environ == ("TERM=dumb", "A=b=c") and d.argv == SPEC.argv
     file_spec = dataclasses.replace(SPEC, stdout_stderr_file="/log/app.log")
@@ -108,8 +109,9 @@ MALFORMED = {
     "not a number": _replace_field(7, b"3e8"),
     "huge number": _replace_field(7, b"9" * 40),
     "exit code > 255": _replace_field(11, b"256"),
-    "bad output": _replace_field(14, b"syslog"),
-    "file without path": _replace_field(14, b"file"),
+    "bad status fd": _replace_field(14, b"-2"),
+    "bad output": _replace_field(15, b"syslog"),
+    "file without path": _replace_field(15, b"file"),
     "list too long": _replace_field(10, b"70000"),
 }
 

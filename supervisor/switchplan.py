@@ -1,0 +1,166 @@
+"""lithos_switch's plan: what switching one sandbox to a new process config would do.
+
+Owns: the desired instances of one sandbox computed from a process config on
+disk (the same image reads and instantiation as lithos_check and the broker),
+the live instance table rebuilt from a StatusTree, and the list of planned
+changes with their reasons (supervisor.plan.dry_run) plus the goal `--wait`
+waits for. Rules: reads files, never writes; the reasons name what changed
+(`variables`, `image`, `container-config`...), so the spec fingerprint here is
+the P-2 identity JSON plus a hash of the container config bytes: the same
+changes as protocol.fingerprint, in a form that can be described.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from protocol import messages as m
+from protocol.config import (
+    ConfigError,
+    Kind,
+    Problem,
+    ProcessConfig,
+    SandboxConfig,
+    image_path,
+    instance_fingerprint,
+    instantiate,
+    load_processes,
+    parse_container,
+    read_in_image,
+)
+from protocol.records import ChildState
+from supervisor.events import InstanceSpec, Pid
+from supervisor.lifecycle import Instance, State
+from supervisor.plan import ConfigFailure, DesiredInstance, PlannedChange, dry_run
+
+UNKNOWN = InstanceSpec("unknown")
+
+
+@dataclass(frozen=True, slots=True)
+class SwitchPlan:
+    changes: list[PlannedChange]
+    wanted: frozenset[str]  # instances that must run after the switch
+    fresh: frozenset[str]  # of those, the ones that must be (re)started
+    gone: frozenset[str]  # instances that must stop
+
+
+def desired_of(sandbox: SandboxConfig, processes: Mapping[str, ProcessConfig]
+               ) -> tuple[dict[str, DesiredInstance], list[ConfigFailure]]:
+    """Every Daemon instance of one sandbox with a describable spec."""
+    out: dict[str, DesiredInstance] = {}
+    failures: list[ConfigFailure] = []
+    for name, process in processes.items():
+        if process.kind is not Kind.DAEMON:
+            continue
+        try:
+            for d in _entry(sandbox, name, process):
+                out[d.name] = d
+        except ConfigError as e:
+            failures.append(ConfigFailure(sandbox.name, name, str(e)))
+    return out, failures
+
+
+def _entry(sandbox: SandboxConfig, name: str, process: ProcessConfig) -> list[DesiredInstance]:
+    image = image_path(sandbox, process)
+    if isinstance(image, Problem):
+        raise ConfigError([image])
+    data = read_in_image(image, process.config)
+    container = parse_container(data, f"{image}{process.config}")
+    digest = hashlib.sha256(data).hexdigest()[:16]
+    out = []
+    for index in range(process.instances):
+        inst = instantiate(container, process, sandbox,
+                           process.instance_name(sandbox.name, index), index)
+        identity = json.loads(instance_fingerprint(process, index))
+        identity["container_config"] = digest
+        spec = InstanceSpec(json.dumps(identity, sort_keys=True),
+                            float(container.restart_timeout), float(container.kill_timeout))
+        ports = frozenset(f"{cfg.host}:{port}" for port, cfg in inst.tcp_ports.items())
+        out.append(DesiredInstance(sandbox.name, name, index, spec, ports))
+    return out
+
+
+def load_desired(sandbox: SandboxConfig, path: Path
+                 ) -> tuple[dict[str, DesiredInstance], list[ConfigFailure]]:
+    """The desired set of a process config file; a missing file wants nothing."""
+    if not path.exists():
+        return {}, []
+    try:
+        processes = load_processes(path)
+    except ConfigError as e:
+        return {}, [ConfigFailure(sandbox.name, None, str(e))]
+    return desired_of(sandbox, processes)
+
+
+def live_table(status: m.StatusTree | None, sandbox: str,
+               previous: dict[str, DesiredInstance], now: float) -> dict[str, Instance]:
+    """The sandbox's instances as the broker reports them, as lifecycle Instances.
+
+    A running instance is assumed to run the previous config (the one on disk):
+    GetStatus carries no fingerprint.
+    """
+    table: dict[str, Instance] = {}
+    if status is None:
+        return table
+    for sb in status.sandboxes:
+        if sb.name != sandbox:
+            continue
+        for p in sb.processes:
+            for i in p.instances:
+                d = previous.get(i.instance)
+                spec = d.spec if d is not None else UNKNOWN
+                if i.state is not ChildState.EXITED and i.pid is not None:
+                    table[i.instance] = Instance(
+                        i.instance, spec, State.RUNNING, Pid(int(i.pid)), spec.fingerprint,
+                        now - (i.uptime_s or 0.0))
+                elif d is not None:  # waiting for its restart
+                    table[i.instance] = Instance(i.instance, spec, State.BACKOFF,
+                                                 fingerprint=spec.fingerprint, deadline=now)
+    return table
+
+
+def plan_switch(sandbox: SandboxConfig, old_path: Path, new_path: Path,
+                status: m.StatusTree | None, now: float) -> SwitchPlan:
+    previous, _ = load_desired(sandbox, old_path)
+    desired, failures = load_desired(sandbox, new_path)
+    if status is None:  # no tree runs: compare the configs as if it ran the current one
+        table = {n: Instance(n, d.spec, State.RUNNING, Pid(0), d.spec.fingerprint, now)
+                 for n, d in previous.items()}
+    else:
+        table = live_table(status, sandbox.name, previous, now)
+    changes = dry_run(previous, desired, failures, table, now)
+    fresh = frozenset(c.subject for c in changes
+                      if c.text.startswith(("start:", "restart:")) and c.subject in desired)
+    frozen = {f.sandbox if f.process is None else f"{f.sandbox}/{f.process}"
+              for f in failures}  # decision 4: a failed config keeps its instances
+
+    def kept(name: str) -> bool:
+        return name.split("/", 1)[0] in frozen or name.rsplit(".", 1)[0] in frozen
+
+    gone = frozenset(n for n in table if n not in desired and not kept(n))
+    return SwitchPlan(changes, frozenset(desired), fresh, gone)
+
+
+def unmet(plan: SwitchPlan, status: m.StatusTree, sandbox: str,
+          since_s: float) -> list[str]:
+    """What is not yet as planned, `since_s` seconds after the reload was asked for."""
+    running: dict[str, float] = {}
+    for sb in status.sandboxes:
+        if sb.name != sandbox:
+            continue
+        for p in sb.processes:
+            for i in p.instances:
+                if i.state is ChildState.RUNNING and i.uptime_s is not None:
+                    running[i.instance] = i.uptime_s
+    out = []
+    for name in sorted(plan.wanted):
+        if name not in running:
+            out.append(f"{name}: not running")
+        elif name in plan.fresh and running[name] > since_s:
+            out.append(f"{name}: not restarted yet")
+    out.extend(f"{name}: still running" for name in sorted(plan.gone) if name in running)
+    return out
