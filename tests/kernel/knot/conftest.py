@@ -132,7 +132,7 @@ class Env:
         return dataclasses.replace(base, **overrides)
 
     def start(self, spec: KnotSpec, inherited_fds: dict[int, int] | None = None,
-              events: bool = False) -> Knot:
+              events: bool = False, status_fd: int | None = None) -> Knot:
         """Spawns a knot; with events=True the service's fd 3 is a pipe read by read_event."""
         fds = dict(inherited_fds or {})
         events_r = -1
@@ -148,7 +148,7 @@ class Env:
         try:
             pid = spawn_knot(spec, inherited_fds=fds, stdin=null,
                              stdout=err_fd, stderr=err_fd, stdio_log=log_fd,
-                             native_init=self.native_init)
+                             status_fd=status_fd, native_init=self.native_init)
         finally:
             for fd in (log_fd, err_fd, null):
                 os.close(fd)

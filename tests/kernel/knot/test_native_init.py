@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import signal
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 
 from knot import initbin
 from knot.spawn import AUTO
+from knot.spec import Volume, VolumeKind
 from protocol.stdiolog import death_line, start_line, status_text
 
 requires_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
@@ -49,6 +51,33 @@ def test_death_by_each_signal_is_worded_as_stdiolog(env, signo):
     death = knot.log.read_bytes().splitlines(keepends=True)[-1]
     core = b"(core dumped)" in death
     assert death == death_line("test/svc.0", status_text(None, signo, core), 0, stamp(death))
+
+
+def test_status_fd_gets_each_raw_wait_status(env):
+    # lithos_cmd's --status-fd: one decimal line per death, the service never sees the fd.
+    status_r, status_w = os.pipe2(os.O_CLOEXEC)
+    try:
+        spec = env.spec("ls /proc/$$/fd | tr '\\n' ' '; echo; "
+                        "[ -e /tmp/ran ] && kill -USR1 $$; touch /tmp/ran; exit 3",
+                        restart_process_only=True, restart_timeout_s=0,
+                        volumes=(Volume(VolumeKind.TMPFS, "/tmp", None, size_bytes=1 << 20),))
+        knot = env.start(spec, status_fd=status_w)
+        os.close(status_w)
+        status_w = -1
+        lines = b""
+        while lines.count(b"\n") < 2:
+            ready, _, _ = select.select([status_r], [], [], 20)
+            assert ready, knot.log_text()
+            lines += os.read(status_r, 100)
+        assert lines == b"768\n10\n"                 # exit 3, then killed by SIGUSR1
+        os.kill(knot.pid, signal.SIGTERM)
+        knot.wait()
+    finally:
+        os.close(status_r)
+        if status_w >= 0:
+            os.close(status_w)
+    fds = [line for line in knot.log_text().splitlines() if "-----" not in line]
+    assert fds[0].split() == ["0", "1", "2"], fds
 
 
 @pytest.fixture
