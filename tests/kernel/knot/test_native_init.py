@@ -57,7 +57,7 @@ def test_status_fd_gets_each_raw_wait_status(env):
     # lithos_cmd's --status-fd: one decimal line per death, the service never sees the fd.
     status_r, status_w = os.pipe2(os.O_CLOEXEC)
     try:
-        spec = env.spec("ls /proc/$$/fd | tr '\\n' ' '; echo; "
+        spec = env.spec("echo fds:; ls /proc/$$/fd; echo :fds; "
                         "[ -e /tmp/ran ] && kill -USR1 $$; touch /tmp/ran; exit 3",
                         restart_process_only=True, restart_timeout_s=0,
                         volumes=(Volume(VolumeKind.TMPFS, "/tmp", None, size_bytes=1 << 20),))
@@ -76,8 +76,7 @@ def test_status_fd_gets_each_raw_wait_status(env):
         os.close(status_r)
         if status_w >= 0:
             os.close(status_w)
-    fds = [line for line in knot.log_text().splitlines() if "-----" not in line]
-    assert fds[0].split() == ["0", "1", "2"], fds
+    assert knot.log_text().split("fds:\n")[1].split(":fds")[0].split() == ["0", "1", "2"]
 
 
 @pytest.fixture
