@@ -51,6 +51,10 @@ from supervisor.events import (
 # children. It also covers a SIGTERM that reached the knot during setup, which
 # the kernel drops for a namespace init (K-40).
 KILL_GRACE_S = 5.0
+# A refused start or a failed setup (a config problem) is retried after 1 s,
+# then 2, 4, ... up to 30 s, whatever restart-timeout says.
+CONFIG_RETRY_MIN_S = 1.0
+CONFIG_RETRY_MAX_S = 30.0
 
 
 class State(enum.Enum):
@@ -86,6 +90,7 @@ class Instance:
     term_sent: bool = False  # we sent SIGTERM to `pid`
     kill_sent: bool = False  # we sent SIGKILL to `pid`
     problem: str | None = None  # why the last start failed for a config problem, for status
+    config_failures: int = 0  # config problems in a row (refused starts, setup failures)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,13 +144,24 @@ def _spawn(inst: Instance, now: float, level: int, detail: str) -> Transition:
     return _go(inst, new, level, detail, Spawn(inst.name, inst.spec.fingerprint))
 
 
+def config_retry_s(failures: int) -> float:
+    """The least delay before retrying after `failures` config problems in a row."""
+    return float(min(CONFIG_RETRY_MAX_S, CONFIG_RETRY_MIN_S * 2 ** min(failures - 1, 16)))
+
+
 def _backoff(inst: Instance, now: float, detail: str, level: int,
              outcome: Outcome | None, problem: str | None) -> Transition:
     """-> BACKOFF until restart-timeout after the previous start (E-13)."""
     start = inst.started_at if inst.started_at is not None else now
     wake = max(now, start + inst.spec.restart_timeout_s)
+    failures = 0
+    if outcome is not None and outcome.is_config_problem:
+        # A wrong config stays wrong until someone fixes it: retry it with a
+        # growing delay, never in a tight loop (restart-timeout may be 0).
+        failures = inst.config_failures + 1
+        wake = max(wake, now + config_retry_s(failures))
     new = replace(inst, state=State.BACKOFF, pid=None, deadline=wake, term_sent=False,
-                  kill_sent=False, problem=problem)
+                  kill_sent=False, problem=problem, config_failures=failures)
     detail = f"{detail}; {v.restart_detail(wake - now, inst.spec.restart_timeout_s)}"
     return _go(inst, new, level, detail, WakeAt(inst.name, wake), outcome=outcome)
 

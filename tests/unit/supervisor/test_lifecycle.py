@@ -319,3 +319,38 @@ def test_bad_spec_and_status_are_rejected() -> None:
         InstanceSpec("fp", restart_timeout_s=-1)
     with pytest.raises(ValueError, match="both code"):
         ExitStatus(code=1, signal=9)
+
+
+def test_config_problems_back_off_even_with_restart_timeout_0() -> None:
+    """A refused start is retried after 1, 2, 4 ... 30 s, not in a tight loop."""
+    from supervisor.events import (
+        Exited,
+        ExitStatus,
+        InstanceSpec,
+        Started,
+        StartRefused,
+        StartRequested,
+        TimerFired,
+    )
+    from supervisor.lifecycle import State, config_retry_s, new_instance, step
+
+    inst = new_instance("sb/p.0", InstanceSpec("fp", restart_timeout_s=0.0))
+    inst = step(inst, StartRequested(inst.spec, 100.0)).instance
+    delays = []
+    now = 100.0
+    for _ in range(7):
+        t = step(inst, StartRefused("config-error: bad", now))
+        assert t.instance.state is State.BACKOFF
+        assert t.instance.deadline is not None
+        delays.append(t.instance.deadline - now)
+        now = t.instance.deadline
+        inst = step(t.instance, TimerFired(now)).instance
+        assert inst.state is State.STARTING
+    assert delays == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+    assert config_retry_s(100) == 30.0
+    # Once a process ran and crashed (not a config problem), the count resets and
+    # restart-timeout 0 means at once again.
+    inst = step(inst, Started(7, now)).instance  # type: ignore[arg-type]
+    crashed = step(inst, Exited(7, ExitStatus(code=2), now + 5)).instance  # type: ignore[arg-type]
+    assert crashed.state is State.BACKOFF
+    assert (crashed.config_failures, crashed.deadline) == (0, now + 5)
