@@ -6,6 +6,8 @@ stays its parent and reaper. Rules: the child gets exactly the fds it is given
 an environment of TERM only (T-50), SIGTERM/SIGINT/SIGCHLD blocked across exec
 (so a SIGTERM during the knot's setup stays pending instead of being dropped by
 the kernel for a namespace init, K-40), and PR_SET_PDEATHSIG=SIGKILL (T-52).
+Which pid 1 the knot hands over to after setup (the native knot/init.c or its own
+Python loop) is decided here, in the caller, by knot.initbin (docs/knot.md).
 
 How the child becomes pid 1 (measured on this machine: see the report):
   * unshare(CLONE_NEWPID) in the caller, os.fork(), then setns() back to our own
