@@ -29,3 +29,15 @@ def no_fd_leak():
     assert not leaked, f"leaked fds: {sorted(leaked)} -> " + ", ".join(
         os.readlink(f"/proc/self/fd/{fd}") for fd in sorted(leaked)
     )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _native_init_cache(tmp_path_factory):  # type: ignore[no-untyped-def]
+    """knot.initbin builds the native pid 1 into a temp dir, not /var/lib/lithos/init."""
+    old = os.environ.get("LITHOS_INIT_CACHE")
+    os.environ["LITHOS_INIT_CACHE"] = str(tmp_path_factory.mktemp("init-cache"))
+    yield
+    if old is None:
+        os.environ.pop("LITHOS_INIT_CACHE", None)
+    else:
+        os.environ["LITHOS_INIT_CACHE"] = old
