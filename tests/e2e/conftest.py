@@ -196,6 +196,21 @@ log-level: debug
         assert self.log is not None
         return self.log.mark()
 
+    def lines_since(self, mark: int) -> list[str]:
+        assert self.log is not None
+        return list(self.log.lines[mark:])
+
+    def supervisor_pid(self, start: int = 0) -> int:
+        """The pid of the latest supervisor started at or after log line `start`."""
+        self.wait_for(r"supervisor started \(pid \d+", start=start)
+        text = "\n".join(self.lines_since(start))
+        return int(re.findall(r"supervisor started \(pid (\d+)", text)[-1])
+
+    def count(self, pattern: str, start: int = 0) -> int:
+        """How many log lines at or after `start` match `pattern`."""
+        rx = re.compile(pattern)
+        return sum(1 for line in self.lines_since(start) if rx.search(line))
+
     @property
     def pid(self) -> int:
         assert self.proc is not None
@@ -343,3 +358,4 @@ def lithos() -> Iterator[Lithos]:
         yield env
     finally:
         env.cleanup()
+
