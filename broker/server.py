@@ -315,7 +315,9 @@ class Broker:
                 for fd in fds:
                     fd.close()
             self._send(peer, reply, request_id)
-        except (OSError, ChannelClosed):
+        except (OSError, ChannelClosed) as e:
+            log.warning("%s peer (uid %d): reply not sent (%s); closing",
+                        peer.role.value, peer.uid, e)  # fmt: skip
             self._drop_peer(peer.channel.fileno())
 
     def _send(self, peer: Peer, msg: m.Message, request_id: int) -> None:
