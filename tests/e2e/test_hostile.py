@@ -40,7 +40,7 @@ variables:
   port: !TcpPort
 """
 ROOT = SLEEP.replace("user-id: 1000", "user-id: 0")
-VOLUME = SLEEP + "volumes:\n  /data: !Persistent /not-mapped\n"
+VOLUME = SLEEP + "volumes:\n  /data: !Persistent {path: /not-mapped}\n"
 FP = "0" * 16
 
 

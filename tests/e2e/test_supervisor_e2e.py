@@ -177,3 +177,20 @@ def test_broken_config_keeps_old_instances(lithos) -> None:
     assert lithos.running() == before
     assert "got-TERM z/" not in lithos.stdio_log("z")
     assert re.search(r"Forked z/", "\n".join(lithos.lines_since(mark))) is None
+
+
+def test_refused_start_is_retried_at_most_once_a_second(lithos) -> None:
+    # The volume is not in the sandbox's writable-paths: only the broker's
+    # start-time check catches it. With restart-timeout 0 the retries must
+    # still not spin.
+    cfg = exits(0, 1).replace("restart-timeout: 2", "restart-timeout: 0")
+    lithos.image("r.v1", {"v.yaml": cfg + "volumes:\n  /data: !Persistent {path: /not-mapped}\n"})
+    lithos.sandbox("r", "", "v: {image: r.v1, config: /config/v.yaml}\n")
+    lithos.start(wait_ready=False)
+    refused = r"r/v\.0: STARTING -> BACKOFF \(start refused: .*not-mapped"
+    lithos.wait_for(refused)
+    t0 = time.monotonic()
+    for _ in range(2):
+        lithos.wait_for(refused, start=lithos.mark())
+    assert time.monotonic() - t0 > 1.5
+    assert not (lithos.runtime / "state" / "r").exists()
