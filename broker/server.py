@@ -148,6 +148,14 @@ class Broker:
         for child in self.children.recover():
             log.info("%s: recovered (pid %d)", child.instance, child.pid)
             self._watch_orphan(child)
+        # Knots that died while no broker ran (it was SIGKILLed): their exit
+        # status is lost for good, but their cgroup and state dir are not left.
+        for child in self.children.gone:
+            if self.children.by_name(child.instance) is None:
+                log.warning("%s: pid %d exited while lithos_tree was down; cleaning up",
+                            child.instance, child.pid)  # fmt: skip
+                starter.clean_up(child, self.ports, cgroups)
+        self.children.gone.clear()
         # Sockets whose instances did not survive are closed (T-12).
         for addr in self.ports.retain(c.instance for c in self.children):
             log.info("Closing socket %s: no live instance uses it", addr)

@@ -173,3 +173,47 @@ def _wait_gone(pid: int, timeout_s: float = 10.0) -> None:
         assert select.select([fd], [], [], timeout_s)[0], f"pid {pid} still alive"
     finally:
         os.close(fd)
+
+
+def test_exit_during_reexec_keeps_its_status_and_restarts_once(lithos) -> None:
+    lithos.image("gap.v1", {"g.yaml": SLEEP})
+    lithos.sandbox("gap", "", "g: {image: gap.v1, config: /config/g.yaml, instances: 3}\n")
+    lithos.start()
+    before = wait_running(lithos, 3)
+    mark = lithos.mark()
+    # The knot dies while lithos_tree is exec'ing its new image: it is a zombie
+    # when the new image recovers its children, and is reaped with its status.
+    os.kill(lithos.pid, signal.SIGQUIT)
+    os.kill(before["gap/g.1"], signal.SIGKILL)
+    lithos.wait_for(r"lithos_tree started \(pid \d+, re-exec\)", start=mark)
+    lithos.wait_for(rf"Container gap/g\.1 \(pid: {before['gap/g.1']}\) killed by signal SIGKILL",
+                    start=mark)  # fmt: skip
+    lithos.wait_for(r"gap/g\.1: STARTING -> RUNNING", start=mark)
+    after = wait_running(lithos, 3)
+    assert after["gap/g.0"] == before["gap/g.0"] and after["gap/g.2"] == before["gap/g.2"]
+    assert after["gap/g.1"] != before["gap/g.1"]
+    assert lithos.count(r"Forked gap/g\.1 ", mark) == 1
+    assert lithos.count(r"Forked ", mark) == 1
+    assert lithos.stop() == 0
+
+
+def test_knot_dead_while_tree_down_is_cleaned_up(lithos) -> None:
+    lithos.image("dn.v1", {"d.yaml": SLEEP})
+    lithos.sandbox("dn", "", "d: {image: dn.v1, config: /config/d.yaml, instances: 2}\n")
+    lithos.start()
+    before = wait_running(lithos, 2)
+    lithos.proc.kill()
+    lithos.proc.wait()
+    os.kill(before["dn/d.0"], signal.SIGKILL)
+    _wait_gone(before["dn/d.0"])
+    state = lithos.runtime / "state" / "dn" / "d.0"
+    assert state.is_dir()  # left behind by the killed broker
+    (state / "stale").write_text("from the previous run")
+    lithos.start()
+    lithos.wait_for(r"dn/d\.0: pid \d+ exited while lithos_tree was down; cleaning up")
+    lithos.wait_for(r"dn/d\.0: STARTING -> RUNNING")
+    after = lithos.running()
+    assert after["dn/d.1"] == before["dn/d.1"]
+    assert not (state / "stale").exists()  # a fresh state dir (E-30)
+    assert lithos.count(r"Forked ") == 1
+    assert lithos.stop() == 0
