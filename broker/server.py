@@ -124,6 +124,7 @@ class Broker:
         self.peers: dict[int, Peer] = {}
         self.supervisor: Peer | None = None
         self.supervisor_pid: int | None = None
+        self.old_supervisor_pid: int | None = None  # the one before a re-exec
         self.supervisor_started = 0.0
         self.supervisor_failures = 0
         self.shutting_down = False
@@ -135,7 +136,9 @@ class Broker:
                 with contextlib.suppress(TypeError, ValueError):
                     raw["rusage"] = ResourceUsage(**raw["rusage"])
                     self.pending.append(m.InstanceExited(**raw))
-            self.supervisor_pid = resume.get("supervisor_pid")
+            # It saw its channel close at the exec and exits on its own; a
+            # fresh one is started at once (its exit is not a failure).
+            self.old_supervisor_pid = resume.get("supervisor_pid")
             self.options.started_at_wall = resume.get("started_at_wall", time.time())
         else:
             self.ports = PortTable()
@@ -496,6 +499,10 @@ class Broker:
             code = os.waitstatus_to_exitcode(status)
             exit_code, signum = (code, None) if code >= 0 else (None, -code)
             core = os.WIFSIGNALED(status) and os.WCOREDUMP(status)
+            if pid == self.old_supervisor_pid:
+                log.info("previous supervisor (pid %d) exited", pid)
+                self.old_supervisor_pid = None
+                continue
             if pid == self.supervisor_pid:
                 what = f"exited with code {exit_code}" if signum is None else \
                     f"killed by signal {signal.Signals(signum).name}"  # fmt: skip

@@ -163,7 +163,11 @@ log-level: debug
         return wait_for_file_text(path, pattern, timeout_s)
 
     def service_pid(self, knot_pid: int) -> int:
-        """The service (pid 2 inside) of a knot whose start line was seen."""
+        """The service (pid 2 inside) of a knot whose service was seen running.
+
+        Wait for a line the service itself prints (e.g. `echo up; exec sleep`):
+        the knot's own `Starting` line is written just before it forks.
+        """
         children = Path(f"/proc/{knot_pid}/task/{knot_pid}/children").read_text().split()
         assert len(children) == 1, f"knot {knot_pid} has children {children}"
         return int(children[0])
@@ -330,16 +334,24 @@ def _wait_gone(pid: int, timeout_s: float = 10.0) -> None:
 
 
 def _remove_cgroups(name: str) -> None:
+    """Removes this test's cgroups (deepest first) in every hierarchy.
+
+    os.walk ignores directories that vanish while it walks: other tests on the
+    machine create and remove their own cgroups at the same time.
+    """
     base = Path("/sys/fs/cgroup")
-    for top in [base, *base.iterdir()] if base.is_dir() else []:
-        for group in sorted(top.rglob(f"{name}*"), key=lambda p: -len(p.parts)):
-            if group.is_dir():
-                for sub in sorted(group.rglob("*"), key=lambda p: -len(p.parts)):
-                    if sub.is_dir():
-                        with contextlib.suppress(OSError):
-                            sub.rmdir()
-                with contextlib.suppress(OSError):
-                    group.rmdir()
+    found: list[str] = []
+    for top, dirs, _files in os.walk(base):
+        for d in dirs:
+            if d.startswith(name):
+                found.append(os.path.join(top, d))
+    groups: list[str] = []
+    for group in found:
+        groups.append(group)
+        groups.extend(os.path.join(t, d) for t, ds, _ in os.walk(group) for d in ds)
+    for group in sorted(set(groups), key=lambda p: -p.count("/")):
+        with contextlib.suppress(OSError):
+            os.rmdir(group)
 
 
 def _unmount_below(root: Path) -> None:

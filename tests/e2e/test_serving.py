@@ -35,8 +35,8 @@ restart-timeout: 0
 kill-timeout: 2
 """
 SLEEP_PORT = """
-executable: /bin/sleep
-arguments: ["1000"]
+executable: /bin/sh
+arguments: [-c, 'echo "up $LITHOS_NAME"; exec sleep 1000']
 user-id: 1000
 group-id: 1000
 memory-limit: 67108864
@@ -101,7 +101,7 @@ def test_service_fds_cgroup_limit_and_removal(lithos) -> None:
     lithos.sandbox("cg", f"allow-tcp-ports: [{port}]\n",
                    f"s: {{image: s.v1, config: /config/s.yaml, variables: {{port: {port}}}}}\n")
     lithos.start()
-    lithos.wait_stdio("cg", r'Starting "cg/s\.0"')
+    lithos.wait_stdio("cg", r"^up cg/s\.0$")  # the service runs (then execs sleep)
     knot = lithos.running()["cg/s.0"]
     service = lithos.service_pid(knot)
     # fd audit: stdio and the declared port, nothing of the broker's.

@@ -13,9 +13,10 @@ import pytest
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
+# The service says it is up (then becomes sleep, same pid): a line to wait for.
 SLEEP = """
-executable: /bin/sleep
-arguments: ["1000"]
+executable: /bin/sh
+arguments: [-c, 'echo "up $LITHOS_NAME"; exec sleep 1000']
 user-id: 1000
 group-id: 1000
 restart-timeout: 0
@@ -54,7 +55,7 @@ def wait_running(lithos, count: int, timeout_s: float = 60.0) -> dict[str, int]:
 def services(lithos, sandbox: str, running: dict[str, int]) -> dict[str, int]:
     """Instance -> service pid, once each knot logged its start line."""
     for name in running:
-        lithos.wait_stdio(sandbox, rf'Starting "{name}"')
+        lithos.wait_stdio(sandbox, rf"^up {name}$")
     return {name: lithos.service_pid(pid) for name, pid in running.items()}
 
 
@@ -112,6 +113,8 @@ def test_sigquit_reexec_keeps_pid_children_and_socket(lithos) -> None:
     assert lithos.running() == before
     new_sup = lithos.supervisor_pid(start=mark)
     assert new_sup != sup
+    lithos.wait_for(rf"previous supervisor \(pid {sup}\) exited", start=mark)
+    assert lithos.count(r"supervisor .*restarting in", mark) == 0
     # E-17: the broker still holds the very same listening socket.
     held = set()
     for fd in os.listdir(f"/proc/{lithos.pid}/fd"):
