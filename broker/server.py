@@ -293,6 +293,10 @@ class Broker:
             except ChannelClosed:
                 self._drop_peer(fd)
                 return
+            except OSError as e:  # ECONNRESET: it closed with our replies unread
+                log.info("%s peer (uid %d): %s; closing", peer.role.value, peer.uid, e)
+                self._drop_peer(fd)
+                return
             except ProtocolViolation as e:
                 log.error("%s peer (uid %d): protocol violation: %s; closing",
                           peer.role.value, peer.uid, e)  # fmt: skip
@@ -322,6 +326,11 @@ class Broker:
                 log.warning("denied %s from %s (uid %d): %s", type(msg).__name__,
                             peer.role.value, peer.uid, e.reason)  # fmt: skip
                 reply = m.RequestDenied(e.code, e.reason[:4000])
+            except Exception as e:  # a bug of ours: refuse this request, keep serving
+                log.exception("%s from %s (uid %d) failed", type(msg).__name__,
+                              peer.role.value, peer.uid)  # fmt: skip
+                reply = m.RequestDenied(DenyCode.RESOURCE, f"{type(msg).__name__}: internal "
+                                        f"error: {type(e).__name__}: {e}"[:4000])  # fmt: skip
             finally:
                 for fd in fds:
                     fd.close()

@@ -141,6 +141,16 @@ def test_control_socket_refuses_and_keeps_serving(lithos) -> None:
             lithos.wait_for(r"control peer \(uid 0\): protocol violation: .*; closing",
                             start=before)  # fmt: skip
         s.close()
+    # A client that closes with our reply unread (ECONNRESET on our side).
+    for _ in range(3):
+        s = raw_control(lithos)
+        s.send(encode(m.Hello(m.PROTOCOL_VERSION, Role.CONTROL), 1))
+        before = lithos.mark()
+        assert s.recv(100, socket.MSG_PEEK)  # the reply is queued: now leave it unread
+        s.close()
+        lithos.wait_for(r"control peer \(uid 0\): .*Connection reset by peer; closing",
+                        start=before)  # fmt: skip
+    assert lithos.status().sandboxes
     # A flood: thousands of requests, as fast as one client can go.
     with lithos.control() as ch:
         t0 = time.monotonic()
