@@ -32,6 +32,7 @@ from broker.configs import ConfigCache
 from broker.daemon import Account, spawn_supervisor
 from broker.policy import parse_instance, plan_start
 from broker.ports import PortTable
+from broker.reclaim import reclaim
 from broker.reexec import exec_self
 from protocol import messages as m
 from protocol.channel import Channel
@@ -130,6 +131,7 @@ class Broker:
         self.shutting_down = False
         self.started_mono = time.monotonic()
         self.control: socket.socket | None = None
+        self.resumed = resume is not None
         if resume is not None:
             self.ports = PortTable.adopt(resume.get("ports", {}))
             for raw in resume.get("pending_exits", []):
@@ -159,6 +161,13 @@ class Broker:
                             child.instance, child.pid)  # fmt: skip
                 starter.clean_up(child, self.ports, cgroups)
         self.children.gone.clear()
+        if not self.resumed:
+            # After a SIGKILL of the previous broker: its sockets live on in the
+            # containers it left; take them back so siblings share them again.
+            orphans = [c for c in self.children if c.orphan_pidfd >= 0 and c.ports]
+            if orphans:
+                self.ports.close()
+                self.ports = PortTable.adopt(reclaim(orphans))
         # Sockets whose instances did not survive are closed (T-12).
         for addr in self.ports.retain(c.instance for c in self.children):
             log.info("Closing socket %s: no live instance uses it", addr)

@@ -220,3 +220,32 @@ def test_knot_dead_while_tree_down_is_cleaned_up(lithos) -> None:
     assert not (state / "stale").exists()  # a fresh state dir (E-30)
     assert lithos.count(r"Forked ") == 1
     assert lithos.stop() == 0
+
+
+def test_sigkill_of_tree_then_restart_of_a_port_sharing_instance(lithos) -> None:
+    port = free_port()
+    lithos.image("wp.v1", {"web.yaml": WEB})
+    lithos.sandbox("wp", f"allow-tcp-ports: [{port}]\n",
+                   f"web: {{image: wp.v1, config: /config/web.yaml, instances: 2, "
+                   f"variables: {{port: {port}}}}}\n")  # fmt: skip
+    lithos.start()
+    before = wait_running(lithos, 2)
+    svc = services(lithos, "wp", before)
+    lithos.proc.kill()
+    lithos.proc.wait()
+    lithos.start()
+    lithos.wait_for(r"supervisor ready: 2 instances wanted, 2 running")
+    # The killed broker's socket lives on in its containers: taken back once.
+    lithos.wait_for(rf"Socket 0\.0\.0\.0:{port} taken back from wp/web\.[01]")
+    assert lithos.count(r"taken back") == 1
+    mark = lithos.mark()
+    os.kill(svc["wp/web.1"], signal.SIGKILL)
+    lithos.wait_for(r"wp/web\.1: STARTING -> RUNNING", start=mark)
+    lithos.wait_stdio("wp", r"(?s)up wp/web\.1$.*^up wp/web\.1$")
+    after = lithos.running()
+    new = lithos.service_pid(after["wp/web.1"])
+    old = svc["wp/web.0"]
+    # Both hold one listening socket again (the one the survivor kept).
+    assert os.stat(f"/proc/{new}/fd/3").st_ino == os.stat(f"/proc/{old}/fd/3").st_ino
+    with socket.create_connection(("127.0.0.1", port), timeout=5):
+        pass
