@@ -73,6 +73,16 @@ def proc_start_ticks(pid: int) -> int | None:
     return int(rest[19])
 
 
+def proc_state(pid: int) -> str | None:
+    """Field 3 of /proc/<pid>/stat (`R`, `S`, `Z`...), or None when the pid is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    return stat[stat.rindex(b")") + 2 :].split()[0].decode()
+
+
 def proc_ppid(pid: int) -> int | None:
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
@@ -106,6 +116,9 @@ class Children:
         self.records_dir = records_dir
         self._by_pid: dict[int, Child] = {}
         self._by_name: dict[str, Child] = {}
+        # Records `recover()` found dead: what they left (cgroup, state dir) is
+        # the caller's to clean up.
+        self.gone: list[Child] = []
 
     def __len__(self) -> int:
         return len(self._by_pid)
@@ -159,13 +172,17 @@ class Children:
                 log.warning("%s: unreadable child record (%s), deleting", path, e)
                 path.unlink(missing_ok=True)
                 continue
-            alive = (
-                proc_start_ticks(child.pid) == child.start_ticks
-                and proc_knot_name(child.pid) == child.instance
+            same = proc_start_ticks(child.pid) == child.start_ticks
+            # A knot that died during our exec is our zombie: its cmdline is
+            # empty, but it is still ours to reap (with its real exit status).
+            alive = same and (
+                proc_knot_name(child.pid) == child.instance
+                or (proc_state(child.pid) == "Z" and proc_ppid(child.pid) == me)
             )
             if not alive:
                 log.info("%s: pid %d is gone; record deleted", child.instance, child.pid)
                 path.unlink(missing_ok=True)
+                self.gone.append(child)
                 continue
             if proc_ppid(child.pid) != me:
                 try:

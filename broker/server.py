@@ -32,6 +32,7 @@ from broker.configs import ConfigCache
 from broker.daemon import Account, spawn_supervisor
 from broker.policy import parse_instance, plan_start
 from broker.ports import PortTable
+from broker.reclaim import reclaim
 from broker.reexec import exec_self
 from protocol import messages as m
 from protocol.channel import Channel
@@ -124,18 +125,22 @@ class Broker:
         self.peers: dict[int, Peer] = {}
         self.supervisor: Peer | None = None
         self.supervisor_pid: int | None = None
+        self.old_supervisor_pid: int | None = None  # the one before a re-exec
         self.supervisor_started = 0.0
         self.supervisor_failures = 0
         self.shutting_down = False
         self.started_mono = time.monotonic()
         self.control: socket.socket | None = None
+        self.resumed = resume is not None
         if resume is not None:
             self.ports = PortTable.adopt(resume.get("ports", {}))
             for raw in resume.get("pending_exits", []):
                 with contextlib.suppress(TypeError, ValueError):
                     raw["rusage"] = ResourceUsage(**raw["rusage"])
                     self.pending.append(m.InstanceExited(**raw))
-            self.supervisor_pid = resume.get("supervisor_pid")
+            # It saw its channel close at the exec and exits on its own; a
+            # fresh one is started at once (its exit is not a failure).
+            self.old_supervisor_pid = resume.get("supervisor_pid")
             self.options.started_at_wall = resume.get("started_at_wall", time.time())
         else:
             self.ports = PortTable()
@@ -148,6 +153,21 @@ class Broker:
         for child in self.children.recover():
             log.info("%s: recovered (pid %d)", child.instance, child.pid)
             self._watch_orphan(child)
+        # Knots that died while no broker ran (it was SIGKILLed): their exit
+        # status is lost for good, but their cgroup and state dir are not left.
+        for child in self.children.gone:
+            if self.children.by_name(child.instance) is None:
+                log.warning("%s: pid %d exited while lithos_tree was down; cleaning up",
+                            child.instance, child.pid)  # fmt: skip
+                starter.clean_up(child, self.ports, cgroups)
+        self.children.gone.clear()
+        if not self.resumed:
+            # After a SIGKILL of the previous broker: its sockets live on in the
+            # containers it left; take them back so siblings share them again.
+            orphans = [c for c in self.children if c.orphan_pidfd >= 0 and c.ports]
+            if orphans:
+                self.ports.close()
+                self.ports = PortTable.adopt(reclaim(orphans))
         # Sockets whose instances did not survive are closed (T-12).
         for addr in self.ports.retain(c.instance for c in self.children):
             log.info("Closing socket %s: no live instance uses it", addr)
@@ -282,6 +302,10 @@ class Broker:
             except ChannelClosed:
                 self._drop_peer(fd)
                 return
+            except OSError as e:  # ECONNRESET: it closed with our replies unread
+                log.info("%s peer (uid %d): %s; closing", peer.role.value, peer.uid, e)
+                self._drop_peer(fd)
+                return
             except ProtocolViolation as e:
                 log.error("%s peer (uid %d): protocol violation: %s; closing",
                           peer.role.value, peer.uid, e)  # fmt: skip
@@ -311,11 +335,18 @@ class Broker:
                 log.warning("denied %s from %s (uid %d): %s", type(msg).__name__,
                             peer.role.value, peer.uid, e.reason)  # fmt: skip
                 reply = m.RequestDenied(e.code, e.reason[:4000])
+            except Exception as e:  # a bug of ours: refuse this request, keep serving
+                log.exception("%s from %s (uid %d) failed", type(msg).__name__,
+                              peer.role.value, peer.uid)  # fmt: skip
+                reply = m.RequestDenied(DenyCode.RESOURCE, f"{type(msg).__name__}: internal "
+                                        f"error: {type(e).__name__}: {e}"[:4000])  # fmt: skip
             finally:
                 for fd in fds:
                     fd.close()
             self._send(peer, reply, request_id)
-        except (OSError, ChannelClosed):
+        except (OSError, ChannelClosed) as e:
+            log.warning("%s peer (uid %d): reply not sent (%s); closing",
+                        peer.role.value, peer.uid, e)  # fmt: skip
             self._drop_peer(peer.channel.fileno())
 
     def _send(self, peer: Peer, msg: m.Message, request_id: int) -> None:
@@ -486,6 +517,10 @@ class Broker:
             code = os.waitstatus_to_exitcode(status)
             exit_code, signum = (code, None) if code >= 0 else (None, -code)
             core = os.WIFSIGNALED(status) and os.WCOREDUMP(status)
+            if pid == self.old_supervisor_pid:
+                log.info("previous supervisor (pid %d) exited", pid)
+                self.old_supervisor_pid = None
+                continue
             if pid == self.supervisor_pid:
                 what = f"exited with code {exit_code}" if signum is None else \
                     f"killed by signal {signal.Signals(signum).name}"  # fmt: skip

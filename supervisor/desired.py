@@ -3,7 +3,9 @@
 Owns the supervisor's config reads (it runs unprivileged and reads what the broker
 will read again and check). Rules: a sandbox or a process entry whose config fails
 to load becomes a ConfigFailure and keeps its running instances (decision 4);
-Command entries are never wanted by the daemon (E-7). The fingerprint is
+Command entries are never wanted by the daemon (E-7). An entry is checked as the
+broker will check each start (check_process, instantiate), so a config the broker
+would refuse never stops what runs. The fingerprint is
 protocol.fingerprint's, the same the broker recomputes at each start.
 """
 
@@ -19,7 +21,9 @@ from protocol.config import (
     Problem,
     ProcessConfig,
     SandboxConfig,
+    check_process,
     image_path,
+    instantiate,
     list_sandboxes,
     load_processes,
     load_sandbox,
@@ -45,13 +49,18 @@ def _entry(sandbox: SandboxConfig, name: str, process: ProcessConfig) -> list[De
     image = image_path(sandbox, process)
     if isinstance(image, Problem):
         raise ConfigError([image])
+    problems = check_process(sandbox, process)
+    if problems:
+        raise ConfigError(problems)
     data = read_in_image(image, process.config)
     container = parse_container(data, f"{image}{process.config}")
     out = []
     for index in range(process.instances):
-        ports = frozenset(
-            f"{cfg.host}:{key}" for key, cfg in container.tcp_ports.items() if "@{" not in key
-        )
+        # The broker's own check (variables, ports, ids): a container the broker
+        # would refuse is a config failure here, so what runs is kept (decision 4)
+        # instead of being stopped for a start that cannot succeed.
+        made = instantiate(container, process, sandbox, f"{sandbox.name}/{name}.{index}", index)
+        ports = frozenset(f"{cfg.host}:{port}" for port, cfg in made.tcp_ports.items())
         spec = InstanceSpec(
             fingerprint(process, index, data),
             float(container.restart_timeout),

