@@ -13,7 +13,9 @@ that peer, never the broker.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import enum
+import errno
 import logging
 import os
 import signal
@@ -30,12 +32,15 @@ from broker.cgroups import CgroupLayout
 from broker.children import Child, Children
 from broker.configs import ConfigCache
 from broker.daemon import Account, spawn_supervisor
+from broker.notify import sd_notify
 from broker.policy import parse_instance, plan_start
 from broker.ports import PortTable
 from broker.reclaim import reclaim
 from broker.reexec import exec_self
 from protocol import messages as m
 from protocol.channel import Channel
+from protocol.config import ConfigError, process_config_log_json
+from protocol.configlog import append_config_log
 from protocol.errors import ChannelClosed, Denied, ProtocolViolation
 from protocol.fingerprint import fingerprint
 from protocol.loop import Loop
@@ -57,6 +62,11 @@ log = logging.getLogger(__name__)
 LITHOS_VERSION = "0.1.0"
 MAX_PENDING_EXITS = 100_000
 REEXEC_SIGNALS = (signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+# Every signal the loop handles; blocked across a re-exec (see reexec()).
+HANDLED_SIGNALS = (*REEXEC_SIGNALS, signal.SIGCHLD, signal.SIGTERM, signal.SIGINT)
+MAX_CONTROL_PEERS = 256
+METRIC_SUFFIXES = (".meta", ".values", ".prom")  # supervisor/metrics_file.py writes them
+ACCEPT_PAUSE_S = 1.0
 SUPERVISOR_BACKOFF_S = (0.1, 0.5, 1.0, 2.0, 5.0, 10.0)
 SUPERVISOR_STABLE_S = 10.0  # a supervisor that lived this long resets the back-off
 # Signals the supervisor may ask for (the wire type already restricts the set).
@@ -176,9 +186,53 @@ class Broker:
             self.loop.on_signal(signum, lambda _s: self.reexec())
         self.loop.on_signal(signal.SIGTERM, lambda _s: self.shutdown(signal_children=True))
         self.loop.on_signal(signal.SIGINT, lambda _s: self.shutdown(signal_children=False))
+        # Handlers are in place: what arrived during a re-exec is delivered now.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
         self._open_control_socket()
+        self.prepare_metric_files()
+        self.log_configs()
         self.reap()  # exits that happened while we were exec'ing
         self.start_supervisor()
+
+    def prepare_metric_files(self) -> None:
+        """Creates <runtime-dir>/metrics.{meta,values,prom} for the supervisor to write.
+
+        The supervisor may not create files in runtime-dir (root's); it only
+        writes these in place (supervisor/metrics_file.py), so cantal's mmap and
+        the counters of a previous supervisor survive (X-M1, X-M6).
+        """
+        account = self.options.supervisor_account
+        for suffix in METRIC_SUFFIXES:
+            path = self.master.runtime_dir / f"metrics{suffix}"
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+                try:
+                    os.fchown(fd, account.uid, account.gid)
+                    os.fchmod(fd, 0o644)
+                finally:
+                    os.close(fd)
+            except OSError as e:
+                log.warning("%s: %s (metrics will not be published there)", path, e.strerror)
+
+    def log_configs(self) -> None:
+        """T-27: one line per sandbox with its process config, at start and reload."""
+        if self.master.config_log_dir is None:
+            return
+        now = datetime.datetime.now(datetime.UTC)
+        try:
+            names = self.configs.sandbox_names()
+        except ConfigError as e:
+            log.error("config log: %s", e)
+            return
+        for name in names:
+            try:
+                processes = self.configs.processes(self.configs.sandbox(name))
+            except Denied:
+                continue  # reported by the supervisor; nothing good to log
+            error = append_config_log(self.master.config_log_dir, name,
+                                      process_config_log_json(processes), now)  # fmt: skip
+            if error is not None:
+                log.error("%s", error)
 
     def _watch_orphan(self, child: Child) -> None:
         if child.orphan_pidfd < 0:
@@ -213,10 +267,29 @@ class Broker:
                 conn, _ = self.control.accept()
             except BlockingIOError:
                 return
+            except OSError as e:
+                # EMFILE/ENFILE (a connection flood, or a leak): stop accepting
+                # for a moment instead of spinning on a listening socket that
+                # stays readable; running containers are not affected.
+                log.error("control socket: accept: %s; pausing accepts for %.0fs",
+                          errno.errorcode.get(e.errno or 0, e), ACCEPT_PAUSE_S)  # fmt: skip
+                self.loop.remove_reader(self.control.fileno())
+                self.loop.call_later(ACCEPT_PAUSE_S, self._resume_accepting)
+                return
+            controls = sum(1 for p in self.peers.values() if p.role is Role.CONTROL)
+            if controls >= MAX_CONTROL_PEERS:
+                log.warning("control socket: %d connections open; refusing another",
+                            controls)  # fmt: skip
+                conn.close()
+                continue
             channel = Channel(conn)
             channel.setblocking(False)
             creds = channel.peer_credentials()
             self._add_peer(Peer(channel, Role.CONTROL, creds.uid))
+
+    def _resume_accepting(self) -> None:
+        if self.control is not None and self.control.fileno() >= 0:
+            self.loop.add_reader(self.control.fileno(), self._accept_control)
 
     def _add_peer(self, peer: Peer) -> None:
         fd = peer.channel.fileno()
@@ -282,6 +355,7 @@ class Broker:
 
     def reload(self) -> None:
         """Re-reads every config: a fresh supervisor does it and reconciles."""
+        self.log_configs()
         if self.supervisor_pid is not None:
             log.info("reload: restarting the supervisor (pid %d)", self.supervisor_pid)
             self.supervisor_failures = 0
@@ -312,6 +386,15 @@ class Broker:
                 self._drop_peer(fd)
                 return
             if received is None:
+                return
+            if not isinstance(received.message, m.Request):
+                # Replies and events flow from the broker only: a peer sending
+                # one is broken (and a reply to it would have no request id).
+                log.error("%s peer (uid %d): protocol violation: sent a %s, not a request; "
+                          "closing", peer.role.value, peer.uid,
+                          type(received.message).__name__)  # fmt: skip
+                received.close_fds()
+                self._drop_peer(fd)
                 return
             self._dispatch(peer, received.message, received.request_id, received.fds)
             if fd not in self.peers:
@@ -344,7 +427,7 @@ class Broker:
                 for fd in fds:
                     fd.close()
             self._send(peer, reply, request_id)
-        except (OSError, ChannelClosed) as e:
+        except (OSError, ChannelClosed, ValueError, TypeError) as e:
             log.warning("%s peer (uid %d): reply not sent (%s); closing",
                         peer.role.value, peer.uid, e)  # fmt: skip
             self._drop_peer(peer.channel.fileno())
@@ -386,6 +469,7 @@ class Broker:
         peer.phase = Phase.READY
         self.loop.call_later(0, self._flush_pending)
         log.info("supervisor ready (%d children)", len(self.children))
+        sd_notify("READY=1")  # systemd Type=notify: every container started or adopted
         return m.SupervisorReadyOk()
 
     def h_start(self, peer: Peer, msg: m.StartInstance) -> m.Message:
@@ -590,12 +674,17 @@ class Broker:
             "supervisor_pid": sup_pid,
             "started_at_wall": self.options.started_at_wall,
         }
+        # The mask survives execve: a signal that comes before the new image has
+        # its handlers stays pending instead of killing us by its default action
+        # (SIGQUIT's is to dump core). start() unblocks them.
+        signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
         self.loop.close()
         try:
             exec_self(state, keep_fds=[])
         except OSError as e:  # pragma: no cover - exec of our own interpreter failed
             log.error("re-exec failed: %s; carrying on", e)
             self.ports.exec_failed()
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
 
     def shutdown(self, *, signal_children: bool) -> None:
         """T-38 (SIGTERM: stop every container) and T-39 (SIGINT: the terminal did)."""
@@ -637,6 +726,10 @@ class Broker:
                 (self.master.runtime_dir / "control.sock").unlink()
         self.ports.close()
         self.loop.close()
+        if self.shutting_down:  # X-M7: a clean exit removes the metric files
+            for suffix in METRIC_SUFFIXES:
+                with contextlib.suppress(OSError):
+                    (self.master.runtime_dir / f"metrics{suffix}").unlink()
 
 
 _ANY = frozenset(Phase)

@@ -44,14 +44,11 @@ from supervisor.events import (
     WakeAt,
 )
 from supervisor.lifecycle import Instance, State, step
+from supervisor.metrics import Metrics
+from supervisor.metrics_file import MetricsFiles
 from supervisor.privileges import drop_privileges
 
 log = logging.getLogger("supervisor")
-
-# A start the broker refused is retried no sooner than this, whatever the
-# restart-timeout (0 would otherwise retry in a tight loop, flooding the log).
-REFUSED_RETRY_S = 1.0
-
 
 @dataclass(slots=True)
 class Pending:
@@ -69,7 +66,8 @@ class Supervisor:
         self.pending: dict[int, Pending] = {}
         self.ids = itertools.count(1)
         self.ready = False
-        self.refused: set[str] = set()  # instances whose last start was refused
+        self.metrics = Metrics()
+        self.metric_files = MetricsFiles(master.runtime_dir)
 
     # -- requests --------------------------------------------------------
 
@@ -100,7 +98,13 @@ class Supervisor:
         self.instances[name] = t.instance
         if t.log is not None:
             log.log(t.log.level, t.log.fmt, *t.log.args)
+        self.metrics.record(inst, t)
         self.execute(t.actions)
+        self.publish_metrics()
+
+    def publish_metrics(self) -> None:
+        self.metrics.set_levels(self.instances.values())
+        self.metric_files.publish(self.metrics.samples())
 
     def execute(self, actions: tuple[Action, ...] | list[Action]) -> None:
         for action in actions:
@@ -113,8 +117,6 @@ class Supervisor:
                         self._on_signal_reply(name),
                     )
                 case WakeAt(instance=name, deadline=deadline):
-                    if name in self.refused:
-                        deadline = max(deadline, time.monotonic() + REFUSED_RETRY_S)
                     self.loop.call_at(deadline, self._waker(name))
                 case CleanUp(instance=name):
                     self.request(m.CleanUpInstance(name), self._on_cleanup_reply(name))
@@ -126,10 +128,8 @@ class Supervisor:
         def on_reply(reply: m.Message) -> None:
             now = time.monotonic()
             if isinstance(reply, m.StartInstanceOk):
-                self.refused.discard(name)
                 self.feed(name, Started(Pid(reply.pid), now))
             elif isinstance(reply, m.RequestDenied):
-                self.refused.add(name)
                 self.feed(name, StartRefused(f"{reply.code.value}: {reply.reason}", now))
 
         return on_reply
@@ -172,7 +172,13 @@ class Supervisor:
         now = time.monotonic()
         result = pl.reconcile(desired.instances, desired.failures, {}, now, snapshot=snapshot)
         self.instances = dict(result.instances)
+        entries = sorted({(d.sandbox, d.process) for d in desired.instances.values()})
+        self.metrics.configure(entries, sandboxes=desired.sandboxes,
+                               containers=len(desired.instances))  # fmt: skip
+        self.metrics.restore(self.metric_files.read_previous())
+        self.metrics.master.restarts += 1
         for s in result.steps:
+            self.metrics.record(s.before, s.transition)
             if s.transition.log is not None:
                 line = s.transition.log
                 log.log(line.level, line.fmt, *line.args)
@@ -181,6 +187,7 @@ class Supervisor:
         self.channel.setblocking(False)
         self.loop.add_reader(self.channel.fileno(), self.on_readable)
         self.execute(result.actions)
+        self.publish_metrics()
         self.request(m.SupervisorReady(), lambda _r: self._ready(len(desired.instances)))
 
     def _ready(self, wanted: int) -> None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import enum
 import json
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from supervisor.events import Spawn
@@ -123,6 +123,25 @@ class Metrics:
             per = self._entry(inst.name)
             if per is not None:
                 per.running += 1
+
+    def restore(self, previous: Mapping[str, int]) -> None:
+        """Carry counters over from the files a previous supervisor left (X-M6).
+
+        Only counters (restarts, started, failures, deaths) are taken, and only
+        those whose dotted name is still registered; levels are recomputed.
+        """
+        for sample in self.samples():
+            value = previous.get(sample.name)
+            if sample.kind is not Kind.COUNTER or value is None or value < 0:
+                continue
+            if sample.group == "master":
+                target: object = self.master
+            elif sample.group == "containers":
+                target = self.containers
+            else:
+                _, sandbox, process = sample.group.split(".", 2)
+                target = self.processes[(sandbox, process)]
+            setattr(target, sample.metric, value)
 
     def _entry(self, name: str) -> Counts | None:
         try:

@@ -12,8 +12,10 @@ collector). Writes are skipped when nothing changed.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
+import struct
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -36,6 +38,24 @@ class MetricsFiles:
         self.paths = dict(zip(SUFFIXES, metric_paths(runtime_dir), strict=True))
         self._last: dict[str, bytes] = {}
         self._failed: set[str] = set()
+
+    def read_previous(self) -> dict[str, int]:
+        """Dotted name -> value from the existing .meta and .values, or {} if unreadable."""
+        try:
+            meta = self.paths[".meta"].read_text()
+            values = self.paths[".values"].read_bytes()
+        except (OSError, UnicodeDecodeError):
+            return {}
+        out: dict[str, int] = {}
+        for i, line in enumerate(meta.splitlines()):
+            head, _, body = line.partition(": ")
+            try:
+                d = json.loads(body)
+                fmt = "<Q" if head.startswith("counter") else "<q"
+                out[f"{d['group']}.{d['metric']}"] = struct.unpack_from(fmt, values, i * 8)[0]
+            except (ValueError, KeyError, TypeError, struct.error):
+                return {}
+        return out
 
     def publish(self, samples: Sequence[Sample]) -> None:
         self._write(".meta", cantal_meta(samples))

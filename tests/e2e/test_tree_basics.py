@@ -83,3 +83,50 @@ def test_killed_service_is_restarted_and_sigterm_cleans_up(lithos) -> None:
     assert not state.exists()
     assert list((lithos.runtime / "children").iterdir()) == []
     assert "killed by signal SIGKILL" in lithos.stdio_log("app")
+
+
+def test_metrics_and_config_log(lithos) -> None:
+    """X-M1..X-M4 and T-27: the supervisor publishes the manual's metrics in
+    runtime-dir (counters carried over a supervisor restart); each start logs
+    the process config; a clean exit removes the metric files (X-M7)."""
+    import json
+    import struct
+
+    lithos.image("app.v1", {"app.yaml": APP})
+    lithos.sandbox("app", "", "app: {image: app.v1, config: /config/app.yaml}\n")
+    lithos.start()
+    lithos.wait_stdio("app", r"up app/app\.0")
+
+    def metrics() -> dict[str, int]:
+        meta = (lithos.runtime / "metrics.meta").read_text().splitlines()
+        values = (lithos.runtime / "metrics.values").read_bytes()
+        out = {}
+        for i, line in enumerate(meta):
+            head, _, body = line.partition(": ")
+            d = json.loads(body)
+            fmt = "<Q" if head.startswith("counter") else "<q"
+            out[f"{d['group']}.{d['metric']}"] = struct.unpack_from(fmt, values, i * 8)[0]
+        return out
+
+    first = metrics()
+    assert first["master.containers"] == 1 and first["master.sandboxes"] == 1
+    assert first["processes.app.app.started"] == 1
+    assert first["containers.running"] == 1 and first["master.restarts"] == 1
+    assert "lithos_containers_running 1" in (lithos.runtime / "metrics.prom").read_text()
+    assert (lithos.runtime / "metrics.values").stat().st_size % 4096 == 0
+
+    # A reload is a fresh supervisor: counters carry over, restarts counts it.
+    mark = lithos.mark()
+    lithos.proc.send_signal(signal.SIGQUIT)
+    lithos.wait_for(r"supervisor ready:", start=mark)
+    again = metrics()
+    assert again["master.restarts"] == 2
+    assert again["processes.app.app.started"] == 1  # adopted, not restarted
+
+    log = (lithos.root / "log" / "config" / "app.log").read_text().splitlines()
+    assert len(log) == 2  # one line per start of lithos_tree (T-27, E-4)
+    stamp, _, body = log[0].partition(" ")
+    assert stamp.endswith("Z") and json.loads(body)["app"]["image"] == "app.v1"
+
+    assert lithos.stop() == 0
+    assert not (lithos.runtime / "metrics.values").exists()
