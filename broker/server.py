@@ -373,10 +373,12 @@ class Broker:
         while True:
             try:
                 received = peer.channel.try_recv()
-            except ChannelClosed:
+            except ChannelClosed as e:  # closed, or reset with our replies unread
+                level = logging.INFO if "reset" in str(e) else logging.DEBUG
+                log.log(level, "%s peer (uid %d): %s; closing", peer.role.value, peer.uid, e)
                 self._drop_peer(fd)
                 return
-            except OSError as e:  # ECONNRESET: it closed with our replies unread
+            except OSError as e:
                 log.info("%s peer (uid %d): %s; closing", peer.role.value, peer.uid, e)
                 self._drop_peer(fd)
                 return
