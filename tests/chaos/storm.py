@@ -40,8 +40,8 @@ group-id: 1000
 restart-timeout: {restart}
 """
 STEADY_PORT = """
-executable: /bin/sleep
-arguments: ["100000"]
+executable: /bin/sh
+arguments: ["-c", "echo web-up; exec /bin/sleep 100000"]
 user-id: 1000
 group-id: 1000
 tcp-ports:
@@ -154,6 +154,8 @@ class Storm:
             wanted = [i for i in self.steady if i.startswith(sb + "/")]
             for inst in wanted:
                 self.lithos.wait_stdio(sb, rf'Starting "{re.escape(inst)}"', 60.0)
+        # Each web service says so once it runs (its knot forked it): fd 3 is then there.
+        self.lithos.wait_stdio(self.sandboxes[0], rf"(?:^web-up$[\s\S]*){{{len(self.web)}}}", 60.0)
         running = self.lithos.running()
         self.knots = {inst: running[inst] for inst in self.steady}
         inodes = {self._fd3_inode(self.knots[w]) for w in self.web}
