@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
+from tests.chaos.treefix import destroy, make_tree
 from tests.e2e.conftest import Lithos
 
 
 @pytest.fixture
 def sec_tree() -> Iterator[Lithos]:
-    root = Path(tempfile.mkdtemp(prefix="lt-sec-", dir="/tmp"))
-    root.chmod(0o755)
-    try:
-        env = Lithos(root)
-    except BaseException:
-        shutil.rmtree(root, ignore_errors=True)
-        raise
+    env = make_tree("sec")
     try:
         yield env
     finally:
-        env.cleanup()
+        destroy(env)
