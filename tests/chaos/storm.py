@@ -113,6 +113,7 @@ class Storm:
         self.web: list[str] = []
         self.knots: dict[str, int] = {}  # steady instance -> knot pid, fixed for the run
         self.port_inode = 0
+        self.wanted: dict[str, int] = {}  # sandbox/process -> instances configured
         self.sup_from = 0  # log index after which the live supervisor's start line is
 
     # -- the tree ---------------------------------------------------------------
@@ -139,6 +140,9 @@ class Storm:
         lt.sandbox(c, "", proc("steady", "steady.yaml", per_sb[2])
                    + proc("idle", "steady.yaml", lay.idle))  # fmt: skip
         self.web = [f"{a}/web.{i}" for i in range(lay.web)]
+        self.wanted = {f"{a}/web": lay.web, f"{a}/steady": per_sb[0], f"{b}/steady": per_sb[1],
+                       f"{b}/crash0": lay.crash_fast, f"{b}/crash1": lay.crash_slow,
+                       f"{c}/steady": per_sb[2], f"{c}/idle": lay.idle}  # fmt: skip
         self.steady = self.web + [
             f"{sb}/steady.{i}" for sb, n in zip(self.sandboxes, per_sb, strict=True)
             for i in range(n)
@@ -219,9 +223,18 @@ class Storm:
         lt, problems = self.lithos, []
         if not Path(f"/proc/{lt.pid}").exists() or lt.proc is None or lt.proc.poll() is not None:
             return [f"lithos_tree (pid {lt.pid}) is gone"]
-        running = lt.running()
-        status_names = {i.instance for sb in lt.status().sandboxes for p in sb.processes
+        status = lt.status()
+        running = {i.instance: int(i.pid) for sb in status.sandboxes for p in sb.processes
+                   for i in p.instances if i.pid is not None}  # fmt: skip
+        status_names = {i.instance for sb in status.sandboxes for p in sb.processes
                         for i in p.instances}  # fmt: skip
+        if status_names != set(self.steady) | set(self.crashy):
+            problems.append(f"status lists {sorted(status_names ^ set(self.steady + self.crashy))}"
+                            " against the config")  # fmt: skip
+        wanted = {f"{sb.name}/{p.name}": p.instances_wanted for sb in status.sandboxes
+                  for p in sb.processes}  # fmt: skip
+        if wanted != self.wanted:
+            problems.append(f"status wants {wanted}, the config {self.wanted}")
         for inst in self.steady:
             if running.get(inst) != self.knots[inst]:
                 problems.append(f"{inst}: knot {self.knots[inst]} now {running.get(inst)}")
