@@ -58,3 +58,21 @@ def test_service_holds_only_stdio_and_its_port_and_runs_as_its_user(sec_tree) ->
     }
     shared = {fd for fd in fds if os.stat(f"/proc/{service}/fd/{fd}").st_ino in broker}
     assert shared <= {3}, f"service fds {shared} are broker fds: {fds}"
+
+
+def test_supervisor_holds_no_listening_socket_and_no_broker_file(sec_tree) -> None:
+    """Its only socket is its channel to the broker: no port, no control socket."""
+    start_sleeper(sec_tree)
+    pid = supervisor_pid(sec_tree)
+    fds = fd_targets(pid)
+    sockets = [fd for fd, target in fds.items() if target.startswith("socket:")]
+    assert len(sockets) == 1, fds
+    broker_inodes = {os.stat(f"/proc/{sec_tree.pid}/fd/{fd}").st_ino
+                     for fd in fd_targets(sec_tree.pid)}  # fmt: skip
+    tcp = {row.split()[9] for name in ("tcp", "tcp6")
+           for row in Path(f"/proc/net/{name}").read_text().splitlines()[1:]}  # fmt: skip
+    ino = os.stat(f"/proc/{pid}/fd/{sockets[0]}").st_ino
+    assert str(ino) not in tcp and ino not in broker_inodes, fds  # the peer end, not the same
+    for fd, target in fds.items():
+        if fd > 2 and target.startswith("/"):
+            raise AssertionError(f"supervisor holds file {target} (fd {fd})")
