@@ -25,7 +25,7 @@ def test_supervisor_kills_and_reexecs_lose_and_duplicate_nothing(chaos_tree) -> 
     storm = Storm(chaos_tree, seed)
     storm.build()
     storm.start()
-    figures = storm.run(min_kills=MIN_KILLS, min_sigquits=MIN_SIGQUITS, seconds=150.0)
+    figures = storm.run(min_kills=MIN_KILLS, min_sigquits=MIN_SIGQUITS, seconds=180.0)
     print(figures.line())
     failures = figures.failures + [f"final: {p}" for p in storm.final_stop()]
     assert not failures, f"{figures.line()} (LITHOS_CHAOS_SEED={seed}):\n" + "\n".join(failures)
