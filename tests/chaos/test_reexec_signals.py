@@ -14,17 +14,8 @@ from tests.security.tree import start_sleeper
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
-BUG = (
-    "broker/server.py Broker.reexec / broker/reexec.py exec_self: signals are not blocked "
-    "across execve, so between exec and the new Loop's handlers the re-exec signals have "
-    "their default action (SIGQUIT: core dump, SIGHUP/SIGUSR1/SIGUSR2: terminate) and a "
-    "second SIGQUIT kills lithos_tree. Fix: pthread_sigmask(SIG_BLOCK, REEXEC_SIGNALS + "
-    "SIGTERM/SIGINT/SIGCHLD) just before execve (the mask and pending signals survive exec); "
-    "the new broker unblocks them after its handlers are installed, and gets the pending ones"
-)
 
 
-@pytest.mark.xfail(strict=True, reason=BUG)
 @pytest.mark.parametrize("second", [signal.SIGQUIT, signal.SIGHUP])
 def test_signals_during_reexec_do_not_kill_lithos_tree(chaos_tree, second) -> None:
     _, knot, _ = start_sleeper(chaos_tree)

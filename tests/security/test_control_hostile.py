@@ -158,8 +158,8 @@ def test_fuzzed_frames_on_the_live_socket_leave_the_broker_serving(sec_tree) -> 
                     sock.send(hello_frame)
             data = mutate(rng, rng.choice(frames), frames) if rng.random() < 0.9 \
                 else rng.randbytes(rng.randint(0, 80))  # fmt: skip
-            if _decodes_to_reload_or_id_0(data):
-                continue  # see _decodes_to_reload_or_id_0
+            if _decodes_to_reload(data):
+                continue  # see _decodes_to_reload
             try:
                 if rng.random() < 0.05:
                     send_with_fd(sock, data, sock.fileno())
@@ -196,30 +196,17 @@ def test_fuzzed_frames_on_the_live_socket_leave_the_broker_serving(sec_tree) -> 
     assert sent > 100
 
 
-def _decodes_to_reload_or_id_0(data: bytes) -> bool:
-    """A valid Reload from root restarts the supervisor (allowed, not abuse); a valid
-    frame with request id 0 kills lithos_tree (KNOWN BUG, kept apart in
-    test_valid_frame_with_request_id_0_does_not_kill_the_broker so this loop can
-    look for others). Drop the id-0 clause once that bug is fixed."""
+def _decodes_to_reload(data: bytes) -> bool:
+    """A valid Reload from root restarts the supervisor: allowed, not abuse."""
     try:
         frame = decode(data, ())
     except ProtocolViolation:
         return False
-    return isinstance(frame.message, m.Reload) or frame.request_id == 0
+    return isinstance(frame.message, m.Reload)
 
 
-BUG_ID_0 = (
-    "broker/server.py Broker._dispatch: a control client's valid frame with request id 0 "
-    "(e.g. an InstanceExited event frame) is denied, and the RequestDenied reply with id 0 "
-    "makes protocol.codec.encode raise ValueError ('bad request id 0'), which _dispatch does "
-    "not catch (only OSError, ChannelClosed): lithos_tree dies with a traceback. Any local "
-    "user can do it (control.sock is 0666). Fix: in _dispatch treat request_id 0 on a "
-    "request as a ProtocolViolation (drop the peer before replying), or catch ValueError/"
-    "TypeError around _send and drop that peer."
-)
 
 
-@pytest.mark.xfail(strict=True, reason=BUG_ID_0)
 def test_valid_frame_with_request_id_0_does_not_kill_the_broker(sec_tree) -> None:
     start_sleeper(sec_tree)
     broker = sec_tree.pid
@@ -245,24 +232,14 @@ def _now() -> float:
     return time.monotonic()
 
 
-BUG_EMFILE = (
-    "broker/server.py Broker._accept_control: accept() failing with EMFILE (the broker at "
-    "its RLIMIT_NOFILE) raises OSError out of the loop and lithos_tree dies (traceback, "
-    "control.sock gone). control.sock is 0666, so any local user holding enough "
-    "connections kills it. Fix: catch OSError (EMFILE, ENFILE, ENOBUFS, ENOMEM) in "
-    "_accept_control, log once, stop reading the listening socket until a peer is dropped; "
-    "and cap control connections (per uid and in total) so the supervisor channel, knot "
-    "starts and the stdio logs always have fds"
-)
 
 
-@pytest.mark.xfail(strict=True, reason=BUG_EMFILE)
 def test_connection_flood_does_not_kill_the_broker(sec_tree) -> None:
     _, knot, _ = start_sleeper(sec_tree)
     broker = sec_tree.pid
     # A broker with room for 40 more fds stands for any limit a flood can reach.
     limit = len(fd_targets(broker)) + 40
-    old = resource.prlimit(broker, resource.RLIMIT_NOFILE, (limit, limit))
+    resource.prlimit(broker, resource.RLIMIT_NOFILE, (limit, limit))
     flood: list[socket.socket] = []
     try:
         for _ in range(80):
@@ -278,8 +255,6 @@ def test_connection_flood_does_not_kill_the_broker(sec_tree) -> None:
     finally:
         for sock in flood:
             sock.close()
-        if sec_tree.proc.poll() is None:
-            resource.prlimit(broker, resource.RLIMIT_NOFILE, old)
     assert isinstance(sec_tree.status(), m.StatusTree)
     mark = sec_tree.mark()  # and the supervisor still restarts a dead service
     os.kill(sec_tree.service_pid(knot), signal.SIGKILL)
