@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import select
 import signal
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
