@@ -12,6 +12,7 @@ protocol.fingerprint's, the same the broker recomputes at each start.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from protocol.config import (
@@ -45,7 +46,19 @@ class Desired:
     sandboxes: int  # sandbox configs that loaded (master.sandboxes metric)
 
 
-def _entry(sandbox: SandboxConfig, name: str, process: ProcessConfig) -> list[DesiredInstance]:
+FingerprintOf = Callable[[ProcessConfig, int, bytes], str]
+
+
+def entry_instances(
+    sandbox: SandboxConfig,
+    name: str,
+    process: ProcessConfig,
+    fingerprint_of: FingerprintOf = fingerprint,
+) -> list[DesiredInstance]:
+    """The instances of one Daemon entry, checked as the broker will check them.
+
+    Raises: ConfigError (the entry then keeps what runs, decision 4).
+    """
     image = image_path(sandbox, process)
     if isinstance(image, Problem):
         raise ConfigError([image])
@@ -62,12 +75,32 @@ def _entry(sandbox: SandboxConfig, name: str, process: ProcessConfig) -> list[De
         made = instantiate(container, process, sandbox, f"{sandbox.name}/{name}.{index}", index)
         ports = frozenset(f"{cfg.host}:{port}" for port, cfg in made.tcp_ports.items())
         spec = InstanceSpec(
-            fingerprint(process, index, data),
+            fingerprint_of(process, index, data),
             float(container.restart_timeout),
             float(container.kill_timeout),
         )
         out.append(DesiredInstance(sandbox.name, name, index, spec, ports))
     return out
+
+
+def desired_of(
+    sandbox: SandboxConfig,
+    processes: Mapping[str, ProcessConfig],
+    fingerprint_of: FingerprintOf = fingerprint,
+) -> tuple[dict[str, DesiredInstance], list[ConfigFailure]]:
+    """Every Daemon instance of one sandbox, and the entries that failed to load."""
+    out: dict[str, DesiredInstance] = {}
+    failures: list[ConfigFailure] = []
+    for name, process in processes.items():
+        if process.kind is not Kind.DAEMON:
+            continue
+        try:
+            for d in entry_instances(sandbox, name, process, fingerprint_of):
+                out[d.name] = d
+        except ConfigError as e:
+            log.error("%s/%s: config failed to load: %s", sandbox.name, name, e)
+            failures.append(ConfigFailure(sandbox.name, name, str(e)))
+    return out, failures
 
 
 def load_desired(master: MasterConfig) -> Desired:
@@ -89,13 +122,7 @@ def load_desired(master: MasterConfig) -> Desired:
             failures.append(ConfigFailure(sb_name, None, str(e)))
             continue
         loaded += 1
-        for name, process in processes.items():
-            if process.kind is not Kind.DAEMON:
-                continue
-            try:
-                for d in _entry(sandbox, name, process):
-                    instances[d.name] = d
-            except ConfigError as e:
-                log.error("%s/%s: config failed to load: %s", sb_name, name, e)
-                failures.append(ConfigFailure(sb_name, name, str(e)))
+        wanted, failed = desired_of(sandbox, processes)
+        instances.update(wanted)
+        failures += failed
     return Desired(instances, failures, loaded)

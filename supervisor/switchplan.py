@@ -21,18 +21,13 @@ from pathlib import Path
 from protocol import messages as m
 from protocol.config import (
     ConfigError,
-    Kind,
-    Problem,
     ProcessConfig,
     SandboxConfig,
-    image_path,
     instance_fingerprint,
-    instantiate,
     load_processes,
-    parse_container,
-    read_in_image,
 )
 from protocol.records import ChildState
+from supervisor import desired
 from supervisor.events import InstanceSpec, Pid
 from supervisor.lifecycle import Instance, State
 from supervisor.plan import ConfigFailure, DesiredInstance, PlannedChange, dry_run
@@ -48,40 +43,17 @@ class SwitchPlan:
     gone: frozenset[str]  # instances that must stop
 
 
+def readable_identity(process: ProcessConfig, index: int, data: bytes) -> str:
+    """A fingerprint people can diff: the P-2 identity plus the container config's digest."""
+    identity = json.loads(instance_fingerprint(process, index))
+    identity["container_config"] = hashlib.sha256(data).hexdigest()[:16]
+    return json.dumps(identity, sort_keys=True)
+
+
 def desired_of(sandbox: SandboxConfig, processes: Mapping[str, ProcessConfig]
                ) -> tuple[dict[str, DesiredInstance], list[ConfigFailure]]:
-    """Every Daemon instance of one sandbox with a describable spec."""
-    out: dict[str, DesiredInstance] = {}
-    failures: list[ConfigFailure] = []
-    for name, process in processes.items():
-        if process.kind is not Kind.DAEMON:
-            continue
-        try:
-            for d in _entry(sandbox, name, process):
-                out[d.name] = d
-        except ConfigError as e:
-            failures.append(ConfigFailure(sandbox.name, name, str(e)))
-    return out, failures
-
-
-def _entry(sandbox: SandboxConfig, name: str, process: ProcessConfig) -> list[DesiredInstance]:
-    image = image_path(sandbox, process)
-    if isinstance(image, Problem):
-        raise ConfigError([image])
-    data = read_in_image(image, process.config)
-    container = parse_container(data, f"{image}{process.config}")
-    digest = hashlib.sha256(data).hexdigest()[:16]
-    out = []
-    for index in range(process.instances):
-        inst = instantiate(container, process, sandbox,
-                           process.instance_name(sandbox.name, index), index)
-        identity = json.loads(instance_fingerprint(process, index))
-        identity["container_config"] = digest
-        spec = InstanceSpec(json.dumps(identity, sort_keys=True),
-                            float(container.restart_timeout), float(container.kill_timeout))
-        ports = frozenset(f"{cfg.host}:{port}" for port, cfg in inst.tcp_ports.items())
-        out.append(DesiredInstance(sandbox.name, name, index, spec, ports))
-    return out
+    """Every Daemon instance of one sandbox, with a fingerprint the plan can describe."""
+    return desired.desired_of(sandbox, processes, readable_identity)
 
 
 def load_desired(sandbox: SandboxConfig, path: Path
