@@ -264,21 +264,26 @@ log-level: debug
             return None
 
     def cleanup(self) -> None:
+        """Stops everything this test started; each step runs even if one fails."""
         knots = self.recorded_pids()
-        if self.proc is not None and self.proc.poll() is None:
-            self.stop()
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait()
-        for pid in knots:  # only pids this test's broker recorded as its knots
-            with contextlib.suppress(ProcessLookupError):
-                if _cmdline_has(pid, b"knot"):
-                    os.kill(pid, signal.SIGKILL)
-        for pid in knots:
-            _wait_gone(pid)
-        _remove_cgroups(self.cgroup_name)
-        _unmount_below(self.root)
-        shutil.rmtree(self.root, ignore_errors=True)
+        try:
+            if self.proc is not None and self.proc.poll() is None:
+                self.stop()
+                if self.proc.poll() is None:
+                    self.proc.kill()
+                    self.proc.wait()
+        finally:
+            try:
+                for pid in knots:  # only pids this test's broker recorded as its knots
+                    with contextlib.suppress(ProcessLookupError):
+                        if _cmdline_has(pid, b"knot"):
+                            os.kill(pid, signal.SIGKILL)
+                for pid in knots:
+                    _wait_gone(pid)
+                _remove_cgroups(self.cgroup_name)
+            finally:
+                _unmount_below(self.root)
+                shutil.rmtree(self.root, ignore_errors=True)
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
