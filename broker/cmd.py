@@ -39,7 +39,7 @@ import sys
 from broker.cgroups import CgroupError, CgroupHandle, CgroupLayout, detect
 from broker.cmd_plan import CmdError, check_names, find_command, plan_command
 from broker.configs import ConfigCache
-from broker.daemon import StartupError, make_dir
+from broker.daemon import StartupError, make_master_dirs
 from broker.policy import StartPlan
 from broker.starter import remove_state_dir
 from knot.exitcodes import EXIT_KILL_TIMEOUT, EXIT_SETUP_FAILED
@@ -83,20 +83,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "args", metavar="ARG", nargs=argparse.REMAINDER, help="appended to the arguments"
     )
     return p.parse_args(argv)
-
-
-def make_master_dirs(master: MasterConfig) -> None:
-    """M-1, in the original's order. Raises: StartupError naming the dir."""
-    for path, what in (
-        (master.runtime_dir, "runtime-dir"),
-        (master.state_dir, "state-dir"),
-        (master.mount_dir, "mount-dir"),
-        (master.default_log_dir, "log dir"),
-        (master.config_log_dir, "configuration log dir"),
-        (master.stdio_log_dir, "stdio log dir"),
-    ):
-        if path is not None:
-            make_dir(path, what)
 
 
 def load_plan(args: argparse.Namespace, pid: int) -> tuple[StartPlan, MasterConfig]:

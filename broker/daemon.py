@@ -18,6 +18,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from protocol.config import MasterConfig
+
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_NO_NEW_PRIVS = 38
 PR_SET_PDEATHSIG = 1
@@ -50,6 +52,20 @@ def make_dir(path: Path, what: str) -> None:
             f"Cant create {what}: {path}: {errno.errorcode.get(e.errno or 0, e.errno)} "
             f"({e.strerror})"
         ) from None
+
+
+def make_master_dirs(master: MasterConfig) -> None:
+    """M-1, in the original's order (lithos_tree and lithos_cmd). Raises: StartupError."""
+    for path, what in (
+        (master.runtime_dir, "runtime-dir"),
+        (master.state_dir, "state-dir"),
+        (master.mount_dir, "mount-dir"),
+        (master.default_log_dir, "log dir"),
+        (master.config_log_dir, "configuration log dir"),
+        (master.stdio_log_dir, "stdio log dir"),
+    ):
+        if path is not None:
+            make_dir(path, what)
 
 
 def write_pid_file(path: Path) -> None:

@@ -22,7 +22,7 @@ from broker.daemon import (
     PR_SET_CHILD_SUBREAPER,
     StartupError,
     lookup_account,
-    make_dir,
+    make_master_dirs,
     prctl,
     write_pid_file,
 )
@@ -48,12 +48,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def make_dirs(master_dirs: list[tuple[Path | None, str]]) -> None:
-    for path, what in master_dirs:
-        if path is not None:
-            make_dir(path, what)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     resume = reexec.take_resume_state()
@@ -68,14 +62,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"devfs-dir: {master.devfs_dir} must exist and contain device nodes "
                 f"(create it with `lithos_mkdev {master.devfs_dir}`; {master.path})"
             )
-        make_dirs([
-            (master.runtime_dir, "runtime-dir"),
-            (master.state_dir, "state-dir"),
-            (master.mount_dir, "mount-dir"),
-            (master.default_log_dir, "log dir"),
-            (master.config_log_dir, "configuration log dir"),
-            (master.stdio_log_dir, "stdio log dir"),
-        ])  # fmt: skip
+        make_master_dirs(master)
         level = resolve_level(
             args.log_level, None, master.log_level.value if master.log_level else None
         )
