@@ -16,16 +16,12 @@ import contextlib
 import json
 import logging
 import os
-import re
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 log = logging.getLogger(__name__)
-
-INSTANCE_RE = re.compile(r"^(?P<sandbox>[\w-]+)/(?P<process>[\w-]+)\.(?P<index>\d+)$")
-COMMAND_RE = re.compile(r"^(?P<sandbox>[\w-]+)/cmd\.(?P<process>[\w-]+)\.(?P<pid>\d+)$")
 
 
 def record_name(instance: str) -> str:

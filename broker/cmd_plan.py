@@ -17,7 +17,6 @@ instance is. Rules (inventory 2.3):
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Sequence
 
 from broker.policy import StartPlan, build_spec
@@ -32,8 +31,7 @@ from protocol.config import (
     instantiate,
 )
 from protocol.errors import Denied
-
-NAME_RE = re.compile(r"^[\w-]+$", re.ASCII)
+from protocol.names import NAME_RULE, is_name
 
 
 class CmdError(Exception):
@@ -42,10 +40,10 @@ class CmdError(Exception):
 
 def check_names(sandbox: str, name: str) -> None:
     """Step 3: `Wrong sandbox name: X` / `Wrong command name: X`."""
-    if not NAME_RE.match(sandbox):
-        raise CmdError(f"Wrong sandbox name: {sandbox!r} (letters, digits, '_' and '-' only)")
-    if not NAME_RE.match(name):
-        raise CmdError(f"Wrong command name: {name!r} (letters, digits, '_' and '-' only)")
+    if not is_name(sandbox):
+        raise CmdError(f"Wrong sandbox name: {sandbox!r} ({NAME_RULE})")
+    if not is_name(name):
+        raise CmdError(f"Wrong command name: {name!r} ({NAME_RULE})")
 
 
 def command_name(sandbox: str, name: str, pid: int) -> str:

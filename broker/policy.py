@@ -15,7 +15,6 @@ s6-fdholderd's order: shape, then policy, then conflicts. Rules:
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -39,21 +38,9 @@ from protocol.config import (
     map_dir,
 )
 from protocol.errors import Denied
+from protocol.names import InstanceName, parse_instance_name
 from protocol.records import DenyCode
 from protocol.secrets import allowed_namespaces
-
-INSTANCE_RE = re.compile(r"^([\w-]+)/([\w-]+)\.(\d{1,6})$", re.ASCII)
-COMMAND_RE = re.compile(r"^([\w-]+)/cmd\.([\w-]+)\.(\d{1,10})$", re.ASCII)
-
-
-@dataclass(frozen=True, slots=True)
-class InstanceName:
-    sandbox: str
-    process: str
-    index: int
-
-    def __str__(self) -> str:
-        return f"{self.sandbox}/{self.process}.{self.index}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,14 +69,10 @@ class StartPlan:
 
 def parse_instance(name: str) -> InstanceName:
     """`web/app.3` -> InstanceName; anything else (`..`, slashes, spaces) is Denied."""
-    m = INSTANCE_RE.match(name)
-    if m is None:
-        raise Denied(
-            DenyCode.UNKNOWN_INSTANCE,
-            f"instance: {name[:200]!r} is not of the form SANDBOX/PROCESS.N "
-            "(names are letters, digits, '_' and '-')",
-        )
-    return InstanceName(m.group(1), m.group(2), int(m.group(3)))
+    try:
+        return parse_instance_name(name)
+    except ValueError as e:
+        raise Denied(DenyCode.UNKNOWN_INSTANCE, f"instance: {e}") from None
 
 
 def _config_denied(err: ConfigError) -> Denied:

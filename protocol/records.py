@@ -5,7 +5,7 @@ the records nested inside messages (ChildInfo, ResourceUsage, the status tree),
 and the checks of names and numbers every message applies in `__post_init__`.
 Rules: records are frozen, slotted dataclasses; a constructor raises ValueError
 naming the field and the value when a value is out of its domain, so a decoded
-record is valid by construction. Pure: imports nothing of ours, no I/O.
+record is valid by construction. Pure: no I/O; names follow protocol/names.py.
 """
 
 from __future__ import annotations
@@ -16,17 +16,14 @@ import re
 from dataclasses import dataclass
 from typing import NewType
 
+from protocol.names import NAME_RULE, is_name, parse_instance_name
+
 Pid = NewType("Pid", int)
 
 PID_MAX = 4_194_304  # PID_MAX_LIMIT on 64-bit Linux
-MAX_NAME_CHARS = 64
 MAX_TEXT_CHARS = 4096
 MAX_FINGERPRINT_CHARS = 256
 
-_NAME = r"[A-Za-z0-9_-]{1,64}"
-NAME_RE = re.compile(_NAME)
-# "sandbox/process.N": the instance naming of lithos_knot --name (inventory 2.6).
-INSTANCE_RE = re.compile(rf"({_NAME})/({_NAME})\.(0|[1-9][0-9]{{0,5}})")
 FINGERPRINT_RE = re.compile(rf"[!-~]{{1,{MAX_FINGERPRINT_CHARS}}}")  # printable, no space
 
 
@@ -75,18 +72,17 @@ class ProcessChange(enum.Enum):
 
 
 def check_name(field: str, value: str) -> None:
-    """A sandbox, process or command name: `[A-Za-z0-9_-]{1,64}`."""
-    if NAME_RE.fullmatch(value) is None:
-        raise ValueError(f"{field}: {value!r} is not a name of 1-64 of [A-Za-z0-9_-]")
+    """A sandbox, process or command name (protocol/names.py)."""
+    if not is_name(value):
+        raise ValueError(f"{field}: {value!r} is not a name of {NAME_RULE}")
 
 
 def check_instance(field: str, value: str) -> None:
-    """An instance name: `sandbox/process.N`."""
-    if INSTANCE_RE.fullmatch(value) is None:
-        raise ValueError(
-            f"{field}: {value!r} is not an instance name 'sandbox/process.N' "
-            f"(names of 1-64 of [A-Za-z0-9_-], N a decimal below 1000000)"
-        )
+    """An instance name: `sandbox/process.N` (protocol/names.py)."""
+    try:
+        parse_instance_name(value)
+    except ValueError as e:
+        raise ValueError(f"{field}: {e}") from None
 
 
 def check_pid(field: str, value: int) -> None:

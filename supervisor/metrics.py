@@ -24,9 +24,9 @@ import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from protocol.names import parse_instance_name
 from supervisor.events import Spawn
 from supervisor.lifecycle import Instance, State, Transition
-from supervisor.names import parse_instance_name
 
 PAGE_BYTES = 4096
 

@@ -26,6 +26,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from protocol.names import InstanceName, parse_instance_name
 from supervisor.events import (
     Action,
     Adopted,
@@ -42,7 +43,6 @@ from supervisor.events import (
     StopRequested,
 )
 from supervisor.lifecycle import Instance, State, Transition, new_instance, step
-from supervisor.names import InstanceName, parse_instance_name
 from supervisor.vocabulary import seconds
 
 

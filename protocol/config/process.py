@@ -9,7 +9,6 @@ everything here against the sandbox. Reads only the file it is handed.
 from __future__ import annotations
 
 import enum
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -17,6 +16,7 @@ from types import MappingProxyType
 
 from yaml.nodes import Node
 
+from ..names import NAME_RULE, is_name
 from .errors import Problem
 from .reader import (
     Ctx,
@@ -39,7 +39,6 @@ __all__ = ["Kind", "ProcessConfig", "check_process", "image_path", "load_process
            "p_kind", "parse_processes"]
 
 MAX_INSTANCES = 65535
-NAME_RE = re.compile(r"[A-Za-z0-9_-]+")
 
 
 class Kind(enum.Enum):
@@ -106,9 +105,9 @@ def _build(ctx: Ctx, node: Node | None, file: str) -> Mapping[str, ProcessConfig
     for name, (knode, vnode) in items.items():
         if name.startswith("_"):
             continue
-        if not NAME_RE.fullmatch(name):
-            ctx.error(name, knode, "is not a valid process name (letters, digits, - and _ "
-                      "only: it becomes part of instance and cgroup names)", "")
+        if not is_name(name):
+            ctx.error(name, knode, f"is not a valid process name ({NAME_RULE}: it becomes "
+                      "part of instance and cgroup names)", "")
             continue
         try:
             out[name] = _entry(ctx, vnode, name, file)

@@ -16,6 +16,7 @@ from types import MappingProxyType
 
 from yaml.nodes import Node
 
+from ..names import NAME_RULE, is_name
 from .idranges import IdRanges
 from .master import LogLevel, MasterConfig, p_log_level
 from .reader import (
@@ -159,6 +160,9 @@ def p_bridged(ctx: Ctx, node: Node, key: str) -> BridgedNetwork:
 
 
 def _build(ctx: Ctx, node: Node | None, file: str, name: str) -> SandboxConfig:
+    if not is_name(name):
+        ctx.error("", None, f"is not a valid sandbox name ({NAME_RULE}: the file name without "
+                  "`.yaml` becomes part of instance, cgroup and log file names)", repr(name))
     m = MapReader(ctx, node, "")
     sandbox = SandboxConfig(
         path=Path(file),

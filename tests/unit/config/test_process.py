@@ -62,7 +62,7 @@ def test_command_or_daemon_not_valid_in_process() -> None:
         parse_processes(b"w: {image: i, config: /c, kind: CommandOrDaemon}\n", FILE)
 
 
-@pytest.mark.parametrize("name", ["web.1", "a b", "x/y"])
+@pytest.mark.parametrize("name", ["web.1", "a b", "x/y", "x" * 65])
 def test_p1_bad_names(name: str) -> None:
     with pytest.raises(ConfigError) as err:
         parse_processes(f'"{name}": {{image: i, config: /c}}\n'.encode(), FILE)

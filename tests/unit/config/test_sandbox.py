@@ -127,3 +127,13 @@ def test_name_is_file_stem(tmp_path: Path) -> None:
     (tmp_path / "db-main.yaml").write_text("allow-users: [1]\n")
     s = load_sandbox(tmp_path / "db-main.yaml")
     assert s.name == "db-main" and s.path == tmp_path / "db-main.yaml"
+
+
+@pytest.mark.parametrize("stem", ["my.box", "x" * 65, "wéb"])
+def test_a_file_stem_that_is_no_name_is_an_error_naming_the_file(tmp_path: Path,
+                                                                   stem: str) -> None:
+    path = tmp_path / f"{stem}.yaml"
+    path.write_text("allow-users: [1]\n")
+    with pytest.raises(ConfigError, match="is not a valid sandbox name") as e:
+        load_sandbox(path)
+    assert str(path) in str(e.value) and repr(stem) in str(e.value)

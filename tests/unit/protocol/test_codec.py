@@ -319,9 +319,9 @@ def test_encode_refuses_what_the_peer_would_refuse(
 @pytest.mark.parametrize(
     ("build", "match"),
     [
-        (lambda: m.StartInstance("web/django", "f"), "sandbox/process.N"),
-        (lambda: m.StartInstance("web/django.01", "f"), "sandbox/process.N"),
-        (lambda: m.StartInstance("web/../x.1", "f"), "sandbox/process.N"),
+        (lambda: m.StartInstance("web/django", "f"), "SANDBOX/PROCESS.N"),
+        (lambda: m.StartInstance("web/django.01", "f"), "SANDBOX/PROCESS.N"),
+        (lambda: m.StartInstance("web/../x.1", "f"), "SANDBOX/PROCESS.N"),
         (lambda: m.StartInstance("web/django.1", "has space"), "fingerprint"),
         (lambda: m.RunCommand("web", "cmd", ("a\0b",)), "NUL"),
         (lambda: r.ChildInfo("a/b.0", r.Pid(1), "f", 0, 0, r.ChildState.EXITED), "EXITED"),

@@ -9,7 +9,7 @@ import pytest
 
 from supervisor.timers import TimerHeap
 
-PURE = ["events", "lifecycle", "metrics", "names", "plan", "timers", "vocabulary"]
+PURE = ["events", "lifecycle", "metrics", "plan", "timers", "vocabulary"]
 BANNED = {"os", "socket", "time", "subprocess", "select", "selectors", "signal.signal"}
 
 
@@ -55,14 +55,3 @@ def test_keys_need_not_be_comparable() -> None:
     h.push(1.0, frozenset({1}))
     h.push(1.0, frozenset({2}))
     assert h.pop_due(1.0) == [frozenset({1}), frozenset({2})]
-
-
-def test_instance_names() -> None:
-    from supervisor.names import InstanceName, instance_name, parse_instance_name
-
-    assert parse_instance_name("web/django.3") == InstanceName("web", "django", 3)
-    assert parse_instance_name("web/a.b.12").process == "a.b"
-    assert instance_name("web", "django", 0) == "web/django.0"
-    for bad in ("web.3", "web/django", "/django.1", "web/.1", "web/django.x"):
-        with pytest.raises(ValueError, match="is not <sandbox>/<process>.<index>"):
-            parse_instance_name(bad)
