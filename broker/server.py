@@ -37,6 +37,7 @@ from broker.policy import parse_instance, plan_start
 from broker.ports import PortTable
 from broker.reclaim import reclaim
 from broker.reexec import exec_self
+from broker.status import History, status_tree
 from protocol import messages as m
 from protocol.channel import Channel
 from protocol.config import ConfigError, process_config_log_json
@@ -48,13 +49,10 @@ from protocol.records import (
     ChildInfo,
     ChildState,
     DenyCode,
-    InstanceStatus,
     LastExit,
     Pid,
-    ProcessStatus,
     ResourceUsage,
     Role,
-    SandboxStatus,
 )
 
 log = logging.getLogger(__name__)
@@ -91,14 +89,6 @@ class Peer:
     role: Role
     uid: int
     phase: Phase = Phase.NEW
-
-
-@dataclass(slots=True)
-class History:
-    """What the broker remembers of an instance for lithos_ps."""
-
-    starts: int = 0
-    last_exit: LastExit | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -527,8 +517,9 @@ class Broker:
         return m.CleanUpInstanceOk(msg.instance)
 
     def h_status(self, peer: Peer, msg: m.GetStatus) -> m.Message:
-        return m.StatusTree(Pid(os.getpid()), time.monotonic() - self.started_mono,
-                            tuple(self._status()))  # fmt: skip
+        now = time.monotonic()
+        return m.StatusTree(Pid(os.getpid()), now - self.started_mono,
+                            status_tree(self.configs, self.children, self.history, now))
 
     def h_reload(self, peer: Peer, msg: m.Reload) -> m.Message:
         errors = []
@@ -539,55 +530,6 @@ class Broker:
                 errors.append(e.reason[:4000])
         self.reload()
         return m.ReloadOk(tuple(errors))
-
-    def _status(self) -> list[SandboxStatus]:
-        now = time.monotonic()
-        out = []
-        names = dict.fromkeys(self.configs.sandbox_names())
-        for child in self.children:
-            names.setdefault(child.instance.split("/", 1)[0])
-        for sb_name in sorted(names):
-            error = None
-            wanted: dict[str, int] = {}
-            try:
-                for pname, p in self.configs.processes(self.configs.sandbox(sb_name)).items():
-                    if p.kind.value == "Daemon":
-                        wanted[pname] = p.instances
-            except Denied as e:
-                error = e.reason[:4000]
-            per_process: dict[str, list[InstanceStatus]] = {p: [] for p in wanted}
-            seen: set[str] = set()
-            for child in self.children:
-                inst = parse_instance(child.instance)
-                if inst.sandbox != sb_name:
-                    continue
-                seen.add(child.instance)
-                hist = self.history.get(child.instance, History())
-                per_process.setdefault(inst.process, []).append(
-                    InstanceStatus(
-                        child.instance,
-                        ChildState.RUNNING,
-                        Pid(child.pid),
-                        max(0.0, now - child.started_mono),
-                        max(0, hist.starts - 1),
-                        hist.last_exit,
-                    )
-                )
-            for inst_name, hist in self.history.items():
-                if inst_name in seen or not inst_name.startswith(sb_name + "/"):
-                    continue
-                inst = parse_instance(inst_name)
-                per_process.setdefault(inst.process, []).append(InstanceStatus(
-                    inst_name, ChildState.EXITED, None, None, max(0, hist.starts - 1),
-                    hist.last_exit))  # fmt: skip
-            processes = tuple(
-                ProcessStatus(
-                    p, wanted.get(p, 0), tuple(sorted(v, key=lambda s: s.instance))
-                )  # fmt: skip
-                for p, v in sorted(per_process.items())
-            )
-            out.append(SandboxStatus(sb_name, error, processes))
-        return out
 
     # -- children ------------------------------------------------------------
 
