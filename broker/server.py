@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from broker import starter
-from broker.cgroups import CgroupLayout
+from broker.cgroups import CgroupLayout, instance_group
 from broker.children import Child, Children
 from broker.configs import ConfigCache
 from broker.daemon import Account, spawn_supervisor
@@ -511,7 +511,7 @@ class Broker:
             self.master.state_dir / name.sandbox / f"{name.process}.{name.index}"
         )
         if self.cgroups is not None and self.master.cgroup_name is not None:
-            group = f"{self.master.cgroup_name}/{name.sandbox}:{name.process}.{name.index}.scope"
+            group = instance_group(self.master.cgroup_name, str(name))
             with contextlib.suppress(Exception):
                 self.cgroups.handle(group).remove()
         return m.CleanUpInstanceOk(msg.instance)
