@@ -131,11 +131,11 @@ def _with_file(message: str, plan: NetPlan) -> str:
     return message
 
 
-def discard(net: ContainerNet) -> None:
-    """Undoes prepare() after a failed start: fds closed, veth deleted."""
+def discard(net: ContainerNet, why: str = "after a failed start") -> None:
+    """Undoes prepare(): fds closed, veth deleted (after a failed start, or at the end)."""
     net.close()
     if net.veth:
-        remove_host_veth(net.veth, "after a failed start")
+        remove_host_veth(net.veth, why)
 
 
 def remove_host_veth(name: str, why: str) -> None:

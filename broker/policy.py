@@ -373,4 +373,5 @@ def build_spec(
         restart_timeout_s=float(container.restart_timeout),
         restart_process_only=container.restart_process_only,
         normal_exit_codes=container.normal_exit_codes,
+        net_bind_service=sandbox.bridged_network is not None,
     )

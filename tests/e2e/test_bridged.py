@@ -18,6 +18,8 @@ import re
 import secrets
 import shutil
 import socket
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -196,4 +198,144 @@ def test_two_instances_on_the_bridge(lithos, testnet) -> None:
     connect_from(testnet.path, "127.0.0.1", EXTERNAL_PORT)
     assert f":{EXTERNAL_PORT:04X}" not in Path(f"/proc/{services['net/app.0']}/net/tcp").read_text()
     assert lithos.stop() is not None
+    assert veths(testnet) == set()
+
+
+LOW_PORT = """
+executable: /bin/sh
+arguments: [-c, 'httpd -p 80 -h /tmp && echo "bound $LITHOS_NAME"; exec sleep 1000']
+user-id: 1000
+group-id: 1000
+kill-timeout: 1
+"""
+
+
+@pytest.mark.parametrize("init", ["native", "python"])
+def test_service_keeps_only_net_bind_service(lithos, testnet, monkeypatch, init) -> None:
+    """K-30: as uid 1000 the service binds port 80 in its netns; its only capability is
+    CAP_NET_BIND_SERVICE (effective, permitted, ambient), with either pid 1."""
+    if init == "python":
+        monkeypatch.setenv("LITHOS_KNOT_INIT", "python")
+    lithos.image("low.v1", {"low.yaml": LOW_PORT})
+    lithos.sandbox("low", f"bridged-network: {{bridge: {testnet.bridge}, network: 10.71.0.0/24}}\n",
+                   "low: {image: low.v1, config: /config/low.yaml, ip-addresses: [10.71.0.4]}\n")
+    with in_netns(testnet.path):
+        lithos.start()
+    lithos.wait_stdio("low", r"^bound low/low\.0$")
+    knot = lithos.running()["low/low.0"]
+    # The service (sh, then sleep) and the httpd it started (daemonized, so the knot's).
+    children = Path(f"/proc/{knot}/task/{knot}/children").read_text().split()
+    assert len(children) == 2, children
+    bit = f"{1 << 10:016x}"  # CAP_NET_BIND_SERVICE
+    for pid in children:
+        status = Path(f"/proc/{pid}/status").read_text()
+        caps = dict(re.findall(r"^(Cap\w+):\s+(\w+)$", status, re.M))
+        assert (caps["CapEff"], caps["CapPrm"], caps["CapAmb"]) == (bit, bit, bit), caps
+        assert re.search(r"^Uid:\s+1000\s", status, re.M)
+    service = int(children[0])
+    tcp = Path(f"/proc/{service}/net/tcp").read_text() + \
+        Path(f"/proc/{service}/net/tcp6").read_text()  # fmt: skip
+    assert re.search(r"^\s*\d+: 0+:0050 0+:0000 0A", tcp, re.M), tcp  # httpd: v6 any
+    connect_from(testnet.path, "10.71.0.4", 80)  # from the host side of the bridge
+
+
+def test_after_setup_command(lithos, testnet, tmp_path) -> None:
+    """K-32: after-setup-command runs with @{container_ip}, in the container's netns but
+    the host's other namespaces, with only TERM and PATH in its environment."""
+    out = tmp_path / "after"
+    script = ('echo "ip=@{container_ip} net=$(readlink /proc/self/ns/net) '
+              'mnt=$(readlink /proc/self/ns/mnt) pid=$(readlink /proc/self/ns/pid) '
+              'uid=$(id -u) links=$(ls /sys/class/net | tr "\\n" " ")"; env')
+    lithos.image("n.v1", {"show.yaml": SHOW})
+    lithos.sandbox(
+        "net",
+        f"allow-tcp-ports: [{EXTERNAL_PORT}]\n"
+        f"bridged-network:\n  bridge: {testnet.bridge}\n  network: 10.71.0.0/24\n"
+        f"  after-setup-command: [/bin/sh, -c, '{{ {script}; }} > {out}']\n",
+        "app: {image: n.v1, config: /config/show.yaml, ip-addresses: [10.71.0.5]}\n",
+    )  # fmt: skip
+    with in_netns(testnet.path):
+        lithos.start()
+    lithos.wait_stdio("net", r"^up net/app\.0$")
+    service = lithos.service_pid(lithos.running()["net/app.0"])
+    text = out.read_text()
+    first, env = text.split("\n", 1)
+    fields = dict(item.split("=", 1) for item in first.split(" ", 5))
+    assert "ip" in fields, text
+    assert fields["ip"] == "10.71.0.5"
+    assert fields["net"] == os.readlink(f"/proc/{service}/ns/net")
+    assert fields["net"] != os.readlink(f"/proc/{lithos.pid}/ns/net")
+    assert fields["mnt"] == os.readlink(f"/proc/{lithos.pid}/ns/mnt")  # the host's
+    assert fields["pid"] == os.readlink(f"/proc/{lithos.pid}/ns/pid")
+    assert fields["uid"] == "0"
+    names = {line.split("=", 1)[0] for line in env.splitlines() if "=" in line}
+    assert names <= {"TERM", "PATH", "PWD", "SHLVL", "_"}, env  # the last three: sh's own
+    assert {"TERM", "PATH"} <= names
+
+
+def test_missing_bridge_is_a_clear_refusal(lithos, testnet) -> None:
+    """A bridge that does not exist: the broker refuses the start naming the sandbox
+    file and the key, and leaves no veth behind."""
+    bridged_tree(lithos, testnet, bridge="ltnobridge0")
+    with in_netns(testnet.path):
+        lithos.start()
+    match = lithos.wait_for(r"denied StartInstance from supervisor .*net/app\.0.*")
+    line = match.group(0)
+    assert "sandboxes/net.yaml: bridged-network.bridge" in line, line
+    assert '"ltnobridge0" does not exist' in line, line
+    assert veths(testnet) == set()
+    assert "net/app.0" not in lithos.running()
+
+
+BAD_ADDRESSES = [
+    ("[10.71.0.2, 10.99.0.3]", r"app\.ip-addresses\[1\]: 10\.99\.0\.3 is not inside network "
+                               r"10\.71\.0\.0/24"),
+    ("[10.71.0.2, 10.71.0.2]", r"app\.ip-addresses\[1\]: 10\.71\.0\.2 is the same as "
+                               r"ip-addresses\[0\]"),
+    ("[10.71.0.2]", r"app\.ip-addresses: \[1 addresses\] are fewer than instances \(2\)"),
+]
+
+
+@pytest.mark.parametrize(("addresses", "error"), BAD_ADDRESSES)
+def test_bad_addresses(lithos, testnet, addresses, error) -> None:
+    """K-35 (and inventory rule 2: at start too): lithos_check names the file, the key and
+    the value; lithos_tree starts no instance of the process and makes no veth."""
+    bridged_tree(lithos, testnet, addresses=addresses)
+    check = subprocess.run(
+        [sys.executable, "-m", "protocol.config.check", "-C", str(lithos.master)],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+        env=dict(os.environ, PYTHONPATH=str(REPO)))  # fmt: skip
+    assert check.returncode != 0
+    assert re.search(r"processes/net\.yaml: " + error, check.stdout + check.stderr), check
+    with in_netns(testnet.path):
+        lithos.start()
+    lithos.wait_for(error)
+    assert lithos.running() == {}
+    assert veths(testnet) == set()
+
+
+def lithos_cmd(lithos, testnet: NetNs, *args: str) -> subprocess.CompletedProcess[str]:
+    with in_netns(testnet.path):
+        return subprocess.run(
+            [sys.executable, "-m", "broker.cmd", "--master", str(lithos.master), *args],
+            cwd=REPO, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+            env=dict(os.environ, PYTHONPATH=str(REPO)))  # fmt: skip
+
+
+def test_lithos_cmd_in_a_bridged_sandbox(lithos, testnet) -> None:
+    """2.3 step 8, K-31: lithos_cmd gives a command ip-addresses[0] on the bridge, or only
+    lo when it has none; the veth is gone when it ends."""
+    bridged_tree(lithos, testnet)
+    done = lithos_cmd(lithos, testnet, "net", "cmd")
+    assert done.returncode == 0, done.stderr
+    done = lithos_cmd(lithos, testnet, "net", "bare")
+    assert done.returncode == 0, done.stderr
+    log = lithos.stdio_log("net")
+    runs = re.findall(r"((?:^\d+: .*\n)*)^links (.*)$", log, re.M)
+    assert len(runs) == 2, log
+    (addrs, links), (bare_addrs, bare_links) = runs
+    assert re.search(r"li-[0-9a-f]{6}-0009\s+inet 10\.71\.0\.9/24", addrs), log
+    assert sorted(links.split()) == ["li-" + links.split("li-")[1].split()[0], "lo"]
+    assert bare_links.split() == ["lo"]
+    assert "inet 127.0.0.1/8" in bare_addrs
     assert veths(testnet) == set()
