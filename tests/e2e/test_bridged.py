@@ -13,10 +13,12 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import ipaddress
 import os
 import re
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -339,3 +341,33 @@ def test_lithos_cmd_in_a_bridged_sandbox(lithos, testnet) -> None:
     assert bare_links.split() == ["lo"]
     assert "inet 127.0.0.1/8" in bare_addrs
     assert veths(testnet) == set()
+
+
+def test_stale_veth_is_replaced_and_veth_goes_with_its_container(lithos, testnet) -> None:
+    """K-32 step 2: a host-side veth left by an earlier run is deleted before the new
+    pair is made; when a container ends its veth is deleted by the broker even while
+    something else still holds the container's netns; the restart gets a new pair."""
+    from broker.netcheck import veth_names  # the names Lithos gives (K-32 step 1)
+
+    stale, _ = veth_names(testnet.bridge, ipaddress.ip_address("10.71.0.2"))
+    with IPRoute(netns=testnet.path, flags=0) as ipr:
+        ipr.link("add", ifname=stale, kind="veth", peer={"ifname": "lt" + secrets.token_hex(4)})
+    bridged_tree(lithos, testnet)
+    with in_netns(testnet.path):
+        lithos.start()
+    lithos.wait_stdio("net", r"^up net/app\.0$")
+    lithos.wait_for(rf'removed stale veth "{stale}" of a previous run')
+    assert stale in veths(testnet)
+    service = lithos.service_pid(lithos.running()["net/app.0"])
+    held = os.open(f"/proc/{service}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        mark = lithos.mark()
+        os.kill(service, signal.SIGKILL)  # the knot exits with it; the supervisor restarts
+        lithos.wait_for(rf"veth {stale} removed \(net/app\.0 ended\)", start=mark)
+        with IPRoute(netns=f"/proc/self/fd/{held}", flags=0) as ipr:
+            left = {link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+        assert left == {"lo"}, left  # the old container's netns lost its end too
+        lithos.wait_for(r"Forked net/app\.0", start=mark, timeout_s=30)
+        assert stale in veths(testnet)
+    finally:
+        os.close(held)
