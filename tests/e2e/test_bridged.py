@@ -186,8 +186,15 @@ def test_two_instances_on_the_bridge(lithos, testnet) -> None:
     assert seen == {"net/app.0": ["10.71.0.2/24"], "net/app.1": ["10.71.0.3/24"]}
     # Two host ends on the bridge, in the broker's (the test's) netns.
     assert len(veths(testnet)) == 2
+    # The broker holds no container netns and no socket of a container's netns.
+    broker_fds = [os.readlink(f"/proc/{lithos.pid}/fd/{fd}")
+                  for fd in os.listdir(f"/proc/{lithos.pid}/fd")]  # fmt: skip
+    assert not [link for link in broker_fds if link.startswith("net:")], broker_fds
     knots = lithos.running()
     services = {name: lithos.service_pid(pid) for name, pid in knots.items()}
+    for pid in services.values():  # fd 3: the container's own socket; fd 4: the shared one
+        assert os.readlink(f"/proc/{pid}/fd/3") not in broker_fds
+        assert os.readlink(f"/proc/{pid}/fd/4") in broker_fds
     # The non-external port is bound inside each container's netns (K-34) ...
     for pid in services.values():
         tcp = Path(f"/proc/{pid}/net/tcp").read_text()

@@ -1,5 +1,6 @@
 """broker.cmd_plan, pure: names (2.3 step 3), kind checks (step 7), the plan of one
-run (T-51 names, E-31 extra args, CMD-1 no tcp fds but a bridged sandbox's inner ones), refusals naming the file."""
+run (T-51 names, E-31 extra args, CMD-1 no tcp fds but a bridged sandbox's inner ones),
+refusals naming the file."""
 
 from __future__ import annotations
 
