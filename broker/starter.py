@@ -4,7 +4,7 @@ Owns the order of the kernel work of one start: sockets, the network of a
 bridged sandbox (broker/netstart.py), cgroup and limits, stdio log, state dir,
 fork of the knot, joining the cgroup. Rules: the plan was
 checked by broker/policy.py; nothing here decides. A failure part-way undoes
-what was done (no socket kept, no cgroup or state dir left) and raises Denied
+what was done (no socket kept, no veth, netns, cgroup or state dir left) and raises Denied
 with code RESOURCE naming the object and the errno.
 """
 
