@@ -41,7 +41,9 @@ __all__ = [
     "NetworkHandle",
     "Netns",
     "check_addresses",
+    "inside_netns",
     "remove_veth",
+    "return_to_netns",
     "setup_container_network",
     "setup_isolated",
     "teardown",
@@ -96,12 +98,46 @@ def _netns_fd(netns: Netns) -> Iterator[int]:
         os.close(fd)
 
 
+THREAD_NETNS = "/proc/thread-self/ns/net"
+EXIT_WRONG_NETNS = 70  # EX_SOFTWARE: the broker could not return to its own netns
+
+
+def return_to_netns(own_fd: int) -> None:
+    if _libc.setns(own_fd, CLONE_NEWNET) != 0:  # every later socket would be a container's
+        err = errno.errorcode.get(ctypes.get_errno(), "?")
+        log.critical("bridge: cannot return to our own network namespace: %s; exiting", err)
+        os._exit(EXIT_WRONG_NETNS)
+
+
+@contextlib.contextmanager
+def inside_netns(netns_fd: int) -> Iterator[None]:
+    """This thread (only) in `netns_fd` for the block, then back in its own netns.
+
+    Sockets made in the block live in `netns_fd` for good; so do children forked there.
+    """
+    own_fd = os.open(THREAD_NETNS, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        _enter_netns(netns_fd)
+        try:
+            yield
+        finally:
+            return_to_netns(own_fd)
+    finally:
+        os.close(own_fd)
+
+
 @contextlib.contextmanager
 def _rtnl(netns_fd: int | None) -> Iterator[IPRoute]:
     """An rtnetlink socket in `netns_fd` (None: our own netns)."""
-    # flags=0: pyroute2 would otherwise *create* a netns at a path that is missing.
+    # Not IPRoute(netns=...): pyroute2 forks a helper for that and SIGTERMs it, and
+    # the helper's inherited signal wakeup fd then tells the broker *it* got SIGTERM.
+    # A netlink socket belongs to the netns it was made in; IPRoute() makes it at once.
     try:
-        ipr = IPRoute() if netns_fd is None else IPRoute(netns=netns_fd, flags=0)
+        if netns_fd is None:
+            ipr = IPRoute()
+        else:
+            with inside_netns(netns_fd):
+                ipr = IPRoute()
     except (OSError, NetlinkError) as exc:
         where = "our" if netns_fd is None else f"fd {netns_fd}'s"
         raise NetworkError(

@@ -43,6 +43,7 @@ class Child:
     ports: list[tuple[str, int]] = field(default_factory=list)
     kill_timeout_s: float = 5.0
     state_dir: str = ""
+    veth: str = ""  # host end of a bridged container's veth (K-32), deleted when it ends
     orphan_pidfd: int = -1  # set when the knot is not our child (broker was killed)
 
     def to_json(self) -> str:

@@ -36,10 +36,12 @@ import select
 import signal
 import sys
 
+from broker import netstart
 from broker.cgroups import CgroupError, CgroupHandle, CgroupLayout, detect
 from broker.cmd_plan import CmdError, check_names, find_command, plan_command
 from broker.configs import ConfigCache
 from broker.daemon import StartupError, make_master_dirs
+from broker.netstart import ContainerNet, NetworkError
 from broker.policy import StartPlan
 from broker.starter import remove_state_dir
 from knot.exitcodes import EXIT_KILL_TIMEOUT, EXIT_SETUP_FAILED
@@ -211,9 +213,12 @@ def exit_code(name: str, knot_status: int, service_status: int | None) -> int:
 def run(plan: StartPlan, cgroups: CgroupLayout | None, signals: Signals) -> int:
     """Carries out `plan`, waits, cleans up; returns lithos_cmd's exit code."""
     group: CgroupHandle | None = None
+    net: ContainerNet | None = None
     log_fd = status_r = status_w = -1
     try:
         try:
+            if plan.network is not None:  # K-30: its own netns, made like lithos_tree's
+                net = netstart.prepare(plan.network)
             if cgroups is not None and plan.cgroup is not None:
                 group = cgroups.create(plan.cgroup)
                 group.set_limits(plan.memory_limit, plan.cpu_shares)
@@ -222,18 +227,21 @@ def run(plan: StartPlan, cgroups: CgroupLayout | None, signals: Signals) -> int:
             status_r, status_w = os.pipe2(os.O_CLOEXEC)
             pid = spawn_knot(
                 plan.spec,
-                inherited_fds={},
+                inherited_fds=net.fds if net is not None else {},
                 stdin=0,
                 stdout=1,
                 stderr=2,
                 stdio_log=log_fd,
                 pdeathsig=True,
                 status_fd=status_w,
+                netns_fd=net.netns_fd if net is not None else None,
             )
-        except (CgroupError, StdioLogError, OSError, ValueError) as e:
+        except (CgroupError, StdioLogError, OSError, ValueError, NetworkError) as e:
             raise CmdError(f"Can't run {plan.name}: {e}") from None
         os.close(status_w)
         status_w = -1
+        if net is not None:
+            net.close()  # the knot holds the netns and the sockets now
         os.set_blocking(status_r, False)  # read once the knot is gone: never wait on it
         if group is not None:
             try:
@@ -258,6 +266,9 @@ def run(plan: StartPlan, cgroups: CgroupLayout | None, signals: Signals) -> int:
             except CgroupError as e:
                 log.warning("%s: %s", plan.name, e)
         remove_state_dir(plan.state_dir)
+        if net is not None:
+            # The veth too, as lithos_tree does when a container ends.
+            netstart.discard(net, f"{plan.name} ended")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-from broker.policy import StartPlan, build_spec
+from broker.policy import StartPlan, build_spec, plan_network
 from protocol.config import (
     ConfigError,
     ContainerConfig,
@@ -84,13 +84,6 @@ def plan_command(
     Raises:
         CmdError: naming the file, the key and the value at fault.
     """
-    if sandbox.bridged_network is not None:
-        # The knot of this tree does not build the bridged netns yet (K-30): running
-        # the command on the host's network would escape the sandbox's isolation.
-        raise CmdError(
-            f"{sandbox.path}: bridged-network: lithos_cmd cannot run commands in a bridged "
-            "sandbox yet (the command would share the host's network)"
-        )
     problems = check_process(sandbox, process)
     if problems:
         raise CmdError(f"can't instantiate: {ConfigError(problems)}")
@@ -105,7 +98,14 @@ def plan_command(
         spec = build_spec(made, master, sandbox, state_dir)
     except Denied as e:  # volumes or secrets against the sandbox
         raise CmdError(f"can't instantiate: {e.reason}") from None
-    spec = dataclasses.replace(spec, tcp_fds=())  # CMD-1
+    # CMD-1: no tcp-ports, except in a bridged sandbox the non-external ones, which
+    # are opened inside its netns (K-34). Its address is ip-addresses[0], if any (K-31).
+    network = plan_network(made, sandbox)
+    inner = tuple(sorted(p.fd for p in network.ports)) if network is not None else ()
+    if set(inner) & {1, 2}:
+        raise CmdError(f"can't instantiate: {container.path}: tcp-ports: fd {sorted(inner)} "
+                       "uses stdout/stderr (use 0 or a number >= 3)")
+    spec = dataclasses.replace(spec, tcp_fds=inner)
     cgroup = None
     if master.cgroup_name is not None:
         cgroup = f"{master.cgroup_name}/{sandbox.name}:cmd.{name}.{pid}.scope"
@@ -118,4 +118,5 @@ def plan_command(
         cpu_shares=container.cpu_shares,
         stdio_log=master.stdio_log_dir / f"{sandbox.name}.log",
         state_dir=state_dir,
+        network=network,
     )

@@ -24,6 +24,7 @@ from protocol.config import (
     ContainerConfig,
     IdMapEntry,
     InstantiatedContainer,
+    IpAddress,
     Kind,
     MasterConfig,
     Persistent,
@@ -54,6 +55,20 @@ class PortRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class NetPlan:
+    """The network of one instance of a bridged sandbox (K-30..K-34)."""
+
+    bridge: str
+    address: IpAddress | None  # None: a netns with only lo, up (K-31)
+    prefixlen: int  # of bridged-network.network
+    gateway: IpAddress | None
+    after_setup_command: tuple[str, ...]
+    ports: tuple[PortRequest, ...]  # the non-external tcp-ports, opened inside the netns
+    # Where the keys its errors name come from: bridged-network, ip-addresses, tcp-ports.
+    files: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class StartPlan:
     """Everything the broker does for one start, already checked."""
 
@@ -65,6 +80,7 @@ class StartPlan:
     cpu_shares: int
     stdio_log: Path
     state_dir: Path
+    network: NetPlan | None = None  # None: the host's network
 
 
 def parse_instance(name: str) -> InstanceName:
@@ -234,7 +250,8 @@ def plan_start(
         for port, cfg in made.tcp_ports.items()
         if not bridged or cfg.external
     )
-    for p in ports:
+    network = plan_network(made, sandbox)
+    for p in ports + (network.ports if network is not None else ()):
         if p.fd in (1, 2):
             raise Denied(
                 DenyCode.CONFIG_ERROR,
@@ -253,6 +270,36 @@ def plan_start(
         cpu_shares=container.cpu_shares,
         stdio_log=master.stdio_log_dir / f"{inst.sandbox}.log",
         state_dir=state_dir,
+        network=network,
+    )
+
+
+def plan_network(made: InstantiatedContainer, sandbox: SandboxConfig) -> NetPlan | None:
+    """The instance's NetPlan in a bridged sandbox, None otherwise (K-30).
+
+    The addresses were checked against `network` by check_process (K-35, also at
+    start time: inventory rule 2); `made.ip_address` is ip-addresses[index] or None.
+    """
+    net = sandbox.bridged_network
+    if net is None:
+        return None
+    inside = tuple(
+        PortRequest(str(cfg.host), port, cfg.fd, cfg)
+        for port, cfg in made.tcp_ports.items()
+        if not cfg.external
+    )
+    return NetPlan(
+        bridge=net.bridge,
+        address=made.ip_address,
+        prefixlen=net.network.prefixlen,
+        gateway=net.default_gateway,
+        after_setup_command=net.after_setup_command,
+        ports=inside,
+        files=(
+            ("bridged-network", str(sandbox.path)),
+            ("ip-addresses", str(made.process.path)),
+            ("tcp-ports", str(made.container.path)),
+        ),
     )
 
 
@@ -309,4 +356,5 @@ def build_spec(
         restart_timeout_s=float(container.restart_timeout),
         restart_process_only=container.restart_process_only,
         normal_exit_codes=container.normal_exit_codes,
+        net_bind_service=sandbox.bridged_network is not None,
     )

@@ -1,9 +1,10 @@
 """Carrying out a StartPlan, and undoing it when a container ends.
 
-Owns the order of the kernel work of one start: sockets, cgroup and limits,
-stdio log, state dir, fork of the knot, joining the cgroup. Rules: the plan was
+Owns the order of the kernel work of one start: sockets, the network of a
+bridged sandbox (broker/netstart.py), cgroup and limits, stdio log, state dir,
+fork of the knot, joining the cgroup. Rules: the plan was
 checked by broker/policy.py; nothing here decides. A failure part-way undoes
-what was done (no socket kept, no cgroup or state dir left) and raises Denied
+what was done (no socket kept, no veth, netns, cgroup or state dir left) and raises Denied
 with code RESOURCE naming the object and the errno.
 """
 
@@ -16,8 +17,10 @@ import os
 import shutil
 from pathlib import Path
 
+from broker import netstart
 from broker.cgroups import CgroupError, CgroupHandle, CgroupLayout
 from broker.children import Child, new_child
+from broker.netstart import ContainerNet, NetworkError
 from broker.policy import StartPlan
 from broker.ports import PortError, PortTable, SocketSettings
 from knot.spawn import spawn_knot
@@ -44,12 +47,16 @@ def start(
     name = plan.name
     fds: dict[int, int] = {}
     group: CgroupHandle | None = None
+    net: ContainerNet | None = None
     log_fd = -1
     try:
         for req in plan.ports:
             s = req.settings
             settings = SocketSettings(s.reuse_addr, s.reuse_port, s.set_non_block, s.listen_backlog)
             fds[req.fd] = ports.acquire(name, req.host, req.port, settings)
+        if plan.network is not None:
+            net = netstart.prepare(plan.network)
+            fds.update(net.fds)
         if cgroups is not None and plan.cgroup is not None:
             group = cgroups.create(plan.cgroup)
             group.set_limits(plan.memory_limit, plan.cpu_shares)
@@ -65,6 +72,7 @@ def start(
                 stderr=log_fd,
                 stdio_log=log_fd,
                 pdeathsig=not detach_from_broker,
+                netns_fd=net.netns_fd if net is not None else None,
             )
         finally:
             os.close(null)
@@ -73,7 +81,9 @@ def start(
                 group.add(pid)
             except CgroupError as e:  # the knot runs; limits are not applied
                 log.error("%s: joining cgroup %s: %s", name, plan.cgroup, e)
-    except (PortError, CgroupError, StdioLogError, OSError, ValueError) as e:
+    except (PortError, CgroupError, StdioLogError, OSError, ValueError, NetworkError) as e:
+        if net is not None:
+            netstart.discard(net)
         ports.release(name)
         if group is not None:
             with contextlib.suppress(CgroupError):
@@ -84,10 +94,13 @@ def start(
     finally:
         if log_fd >= 0:
             os.close(log_fd)
+        if net is not None:
+            net.close()  # the knot holds the netns now
     addresses = [(req.host, req.port) for req in plan.ports]
     child = new_child(name, pid, fingerprint, plan.cgroup, addresses)
     child.kill_timeout_s = plan.spec.kill_timeout_s
     child.state_dir = str(plan.state_dir)
+    child.veth = net.veth if net is not None else ""
     return child
 
 
@@ -105,8 +118,10 @@ def remove_state_dir(path: Path) -> None:
 
 
 def clean_up(child: Child, ports: PortTable, cgroups: CgroupLayout | None) -> None:
-    """What a container leaves when it ends: its sockets, cgroup and state dir."""
+    """What a container leaves when it ends: its sockets, veth, cgroup and state dir."""
     ports.release(child.instance)
+    if child.veth:
+        netstart.remove_host_veth(child.veth, f"{child.instance} ended")
     if cgroups is not None and child.cgroup is not None:
         try:
             cgroups.handle(child.cgroup).remove()

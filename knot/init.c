@@ -28,7 +28,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <linux/capability.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -56,6 +58,7 @@ struct desc {
     int nenv; char **env;
     int npidvars; char **pidvars;
     int nfds; int *fds;                   /* tcp fds, kept for the service */
+    int net_bind_service;                 /* bridged: keep CAP_NET_BIND_SERVICE (K-30) */
 };
 
 static struct desc d;
@@ -163,6 +166,7 @@ static void read_desc(int fd) {
         if (!strchr(d.env[i], '=')) bad("an entry without '='", "environ");
     d.pidvars = next_strs("pid-env-vars", &d.npidvars);
     d.fds = next_ints("tcp-fds", &d.nfds, 0, INT_MAX);
+    d.net_bind_service = (int)next_int("net-bind-service", 0, 1);
     if (strcmp(next_str("end"), "end") != 0) bad("not end", "end");
     if (cur != end) bad("trailing bytes", "end");
     if (d.nargv < 1) bad("empty", "argv");
@@ -251,7 +255,7 @@ static void fail(const char *fmt, ...) {
 #define ERR(e) strerrorname_np(e) ? strerrorname_np(e) : "?", strerror(e)
 
 /* What the child was doing when it failed: service.py's `what` (action, config key). */
-enum step { PREPARE, USERNS, IDS, CHDIR, EXEC };
+enum step { PREPARE, USERNS, IDS, CAPS, CHDIR, EXEC };
 struct report { int step, err; };
 
 static void child_fail(int report_fd, enum step step) {
@@ -276,6 +280,18 @@ static void close_all_but(int report_fd) {
         if ((unsigned)kept[i] + 1 > low) low = (unsigned)kept[i] + 1;
     }
     close_range(low, ~0U, 0);
+}
+
+/* K-30, knot/caps.py: after setuid, only CAP_NET_BIND_SERVICE is left (effective,
+   permitted, inheritable and ambient), so it survives exec of a plain binary. */
+static void keep_net_bind_service(int report_fd) {
+    struct __user_cap_header_struct header = { _LINUX_CAPABILITY_VERSION_3, 0 };
+    struct __user_cap_data_struct data[2] = { { 0, 0, 0 }, { 0, 0, 0 } };
+    unsigned bit = 1u << CAP_NET_BIND_SERVICE;
+    data[0].effective = data[0].permitted = data[0].inheritable = bit;
+    if (syscall(SYS_capset, &header, data) != 0) child_fail(report_fd, CAPS);
+    if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, CAP_NET_BIND_SERVICE, 0, 0) != 0
+        && errno != EINVAL) child_fail(report_fd, CAPS);   /* EINVAL: kernel < 4.3 */
 }
 
 /* In the forked child: the last steps, then exec (service.py's _exec_service). */
@@ -305,8 +321,11 @@ static void exec_service(int out_fd, int report_fd) {
         env[i] = entry;
         if (i == n) n++;
     }
+    if (d.net_bind_service && prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0) != 0)
+        child_fail(report_fd, CAPS);
     if (setgroups(0, NULL) || setgid((gid_t)d.gid) || setuid((uid_t)d.uid))
         child_fail(report_fd, IDS);
+    if (d.net_bind_service) keep_net_bind_service(report_fd);
     if (chdir(d.workdir) != 0) child_fail(report_fd, CHDIR);
     sigset_t none;
     sigemptyset(&none);
@@ -365,6 +384,8 @@ static pid_t start_service(int out_fd) {
             break;
         case IDS: snprintf(action, sizeof action, "setgroups/setgid %lld/setuid %lld", d.gid,
                            d.uid); key = "user-id"; break;
+        case CAPS: snprintf(action, sizeof action, "keep CAP_NET_BIND_SERVICE");
+            key = "bridged-network"; break;
         case CHDIR: snprintf(action, sizeof action, "chdir %s", d.workdir); key = "workdir"; break;
         case EXEC: snprintf(action, sizeof action, "exec %s", d.executable); key = "executable";
             break;

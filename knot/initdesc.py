@@ -55,6 +55,7 @@ class InitDescription:
     environ: tuple[str, ...]  # "NAME=value"
     pid_env_vars: tuple[str, ...]
     tcp_fds: tuple[int, ...]
+    net_bind_service: bool = False  # keep CAP_NET_BIND_SERVICE across setuid (K-30)
 
 
 def _map_text(entries: tuple[IdMap, ...]) -> str:
@@ -85,7 +86,8 @@ def from_spec(spec: KnotSpec, environ: Mapping[str, str], log_fd: int | None,
         uid_map=_map_text(spec.uid_map), gid_map=_map_text(spec.gid_map),
         workdir=spec.workdir, executable=spec.executable, argv=spec.argv,
         environ=tuple(f"{k}={v}" for k, v in environ.items()),
-        pid_env_vars=spec.pid_env_vars, tcp_fds=spec.tcp_fds)
+        pid_env_vars=spec.pid_env_vars, tcp_fds=spec.tcp_fds,
+        net_bind_service=spec.net_bind_service)
 
 
 def encode(desc: InitDescription) -> bytes:
@@ -100,7 +102,7 @@ def encode(desc: InitDescription) -> bytes:
             d.uid_map, d.gid_map, d.workdir, d.executable]
     for items in (d.argv, d.environ, d.pid_env_vars):
         out += [str(len(items)), *items]
-    out += [str(len(d.tcp_fds)), *map(str, d.tcp_fds), "end"]
+    out += [str(len(d.tcp_fds)), *map(str, d.tcp_fds), str(int(d.net_bind_service)), "end"]
     for i, text in enumerate(out):
         if "\0" in text:
             raise DescriptionError(f"init description: field {i + 1}: {text!r} contains NUL")
@@ -172,6 +174,7 @@ def decode(data: bytes) -> InitDescription:
         raise r.fail("environ", "an entry without '='")
     pid_vars = r.texts("pid-env-vars")
     tcp_fds = r.numbers("tcp-fds", 0, 2**31 - 1)
+    net_bind_service = bool(r.number("net-bind-service", 0, 1))
     if r.text("end") != "end":
         raise r.fail("end", "not end")
     if r.pos != len(r.fields) or r.tail:
@@ -185,4 +188,5 @@ def decode(data: bytes) -> InitDescription:
         log_fd=log_fd, status_fd=status_fd, output=output, output_file=output_file, uid=uid,
         gid=gid,
         uid_map=uid_map, gid_map=gid_map, workdir=workdir, executable=executable, argv=argv,
-        environ=environ, pid_env_vars=pid_vars, tcp_fds=tcp_fds)
+        environ=environ, pid_env_vars=pid_vars, tcp_fds=tcp_fds,
+        net_bind_service=net_bind_service)

@@ -23,7 +23,7 @@ import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
-from knot import linux
+from knot import caps, linux
 from knot.exitcodes import EXIT_ABNORMAL, EXIT_KILL_TIMEOUT, EXIT_NORMAL, EXIT_SETUP_FAILED
 from knot.spec import IdMap, Kind, KnotSpec
 from protocol import stdiolog
@@ -103,10 +103,16 @@ def _exec_service(spec: KnotSpec, environ: Mapping[str, str], out_fd: int | None
         env = dict(environ)
         for var in spec.pid_env_vars:  # V-15, V-17: the service's pid in its namespace
             env[var] = str(os.getpid())
+        if spec.net_bind_service:
+            what = "keep CAP_NET_BIND_SERVICE\tbridged-network"
+            caps.keep_caps_across_setuid()
         what = f"setgroups/setgid {spec.gid}/setuid {spec.uid}\tuser-id"
         os.setgroups([])  # supplementary groups cleared (the original kept root's)
         os.setgid(spec.gid)
         os.setuid(spec.uid)
+        if spec.net_bind_service:  # K-30: only this capability is left, also ambient
+            what = "keep CAP_NET_BIND_SERVICE\tbridged-network"
+            caps.raise_net_bind_service()
         what = f"chdir {spec.workdir}\tworkdir"
         os.chdir(spec.workdir)
         what = f"exec {spec.executable}\texecutable"

@@ -86,13 +86,16 @@ def _place_fds(targets: Mapping[int, int]) -> None:
     os.closerange(low, high + 1)
 
 
-def _child(argv: list[str], fds: Mapping[int, int], parent_pidfd: int, pdeathsig: bool) -> None:
+def _child(argv: list[str], fds: Mapping[int, int], parent_pidfd: int, pdeathsig: bool,
+           netns_fd: int | None) -> None:
     try:
         if pdeathsig:
             linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
             # The parent may have died before prctl: then nobody would kill us.
             if select.select([parent_pidfd], [], [], 0)[0]:
                 os._exit(EXIT_SETUP_FAILED)
+        if netns_fd is not None:  # bridged (K-30): the netns the broker prepared
+            linux.setns(netns_fd, linux.CLONE_NEWNET)
         linux.unshare(linux.CLONE_NEWNS | linux.CLONE_NEWUTS | linux.CLONE_NEWIPC)
         _place_fds(fds)
         os.chdir(_PACKAGE_PARENT)
@@ -110,7 +113,8 @@ AUTO = "auto"
 def spawn_knot(spec: KnotSpec, *, inherited_fds: Mapping[int, int], stdin: int, stdout: int,
                stderr: int, stdio_log: int | None = None, pdeathsig: bool = True,
                status_fd: int | None = None,
-               native_init: str | os.PathLike[str] | None = AUTO) -> int:
+               native_init: str | os.PathLike[str] | None = AUTO,
+               netns_fd: int | None = None) -> int:
     """Forks and execs the knot for `spec`; returns its pid as the caller sees it.
 
     inherited_fds maps the fd number the service must see (spec.tcp_fds) to the
@@ -126,6 +130,8 @@ def spawn_knot(spec: KnotSpec, *, inherited_fds: Mapping[int, int], stdin: int, 
     native_init: the native pid 1 binary the knot execs after setup (knot/init.c);
     None runs the Python pid 1; AUTO asks knot.initbin.choose() (native when it can
     be built, unless LITHOS_KNOT_INIT=python).
+    netns_fd: a network namespace (bridged sandboxes, broker/netstart.py) the knot
+    joins before anything else; None keeps the caller's. The knot never gets the fd.
     Raises: ValueError if inherited_fds does not match spec.tcp_fds; OSError.
     """
     if sorted(inherited_fds) != sorted(spec.tcp_fds):
@@ -157,7 +163,7 @@ def spawn_knot(spec: KnotSpec, *, inherited_fds: Mapping[int, int], stdin: int, 
         try:
             pid = os.fork()
             if pid == 0:
-                _child(argv, fds, pidfd, pdeathsig)
+                _child(argv, fds, pidfd, pdeathsig, netns_fd)
         finally:
             # Children we fork later (and the broker's other work) stay in our namespace.
             linux.setns(own_pidns, linux.CLONE_NEWPID)

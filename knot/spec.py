@@ -133,6 +133,7 @@ class KnotSpec:
     restart_timeout_s: float
     restart_process_only: bool
     normal_exit_codes: tuple[int, ...]
+    net_bind_service: bool = False  # bridged (K-30): the service keeps CAP_NET_BIND_SERVICE
 
     def to_json(self) -> str:
         """The spec as one JSON object (enums by value)."""
@@ -352,6 +353,7 @@ def _spec(raw: object, where: str) -> KnotSpec:
         restart_process_only=_bool(d["restart_process_only"], f"{where}.restart_process_only"),
         normal_exit_codes=_each(d["normal_exit_codes"], f"{where}.normal_exit_codes",
                                 lambda v, w: _int(v, w, 0, 255)),
+        net_bind_service=_bool(d["net_bind_service"], f"{where}.net_bind_service"),
     )
 
 

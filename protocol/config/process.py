@@ -155,11 +155,17 @@ def check_process(sandbox: SandboxConfig, process: ProcessConfig) -> list[Proble
                                 "must be an absolute path inside the image, without '..'"))
     net = sandbox.bridged_network
     if net is not None:
+        first: dict[IpAddress, int] = {}
         for i, ip in enumerate(process.ip_addresses):
             if ip not in net.network:
                 problems.append(Problem(file, f"{name}.ip-addresses[{i}]", str(ip),
                                         f"is not inside network {net.network} of bridged-network "
                                         f"in {sandbox.path}"))
+            if ip in first:
+                problems.append(Problem(file, f"{name}.ip-addresses[{i}]", str(ip),
+                                        f"is the same as ip-addresses[{first[ip]}]; each "
+                                        "instance needs an address of its own"))
+            first.setdefault(ip, i)
         if process.kind is Kind.DAEMON and len(process.ip_addresses) < process.instances:
             problems.append(Problem(file, f"{name}.ip-addresses",
                                     f"[{len(process.ip_addresses)} addresses]",

@@ -151,3 +151,46 @@ def test_secrets_need_a_key() -> None:
 def test_parse_instance() -> None:
     n = parse_instance("a-b/c_d.12")
     assert (n.sandbox, n.process, n.index, str(n)) == ("a-b", "c_d", 12, "a-b/c_d.12")
+
+
+BRIDGED = SANDBOX + b"""
+bridged-network:
+  bridge: br0
+  network: 10.0.0.0/24
+  default-gateway: 10.0.0.1
+  after-setup-command: [/usr/bin/arping, "@{container_ip}"]
+"""
+BRIDGED_CONTAINER = CONTAINER.replace(
+    b'tcp-ports: {"@{port}": {fd: 3, listen-backlog: 7}}',
+    b'tcp-ports: {"@{port}": {fd: 3}, "80": {fd: 4, external: true}}')
+BRIDGED_SANDBOX = BRIDGED.replace(b"allow-tcp-ports: [8080]", b"allow-tcp-ports: [80]")
+
+
+def test_bridged_plan_carries_the_instance_address_and_splits_ports() -> None:
+    """K-30, K-32, K-34, T-13: instance i gets ip-addresses[i]; non-external ports are for
+    inside its netns, external ones for the broker's port table; CAP_NET_BIND_SERVICE."""
+    procs = PROCESSES.replace(b'variables: {port: "8080"}',
+                              b'variables: {port: "8080"}, ip-addresses: [10.0.0.5, 10.0.0.6]')
+    p = plan("web/web.1", container=BRIDGED_CONTAINER, sandbox=BRIDGED_SANDBOX, processes=procs)
+    net = p.network
+    assert net is not None
+    assert (net.bridge, str(net.address), net.prefixlen, str(net.gateway)) == \
+        ("br0", "10.0.0.6", 24, "10.0.0.1")  # fmt: skip
+    assert net.after_setup_command == ("/usr/bin/arping", "@{container_ip}")
+    assert [(r.port, r.fd) for r in net.ports] == [(8080, 3)]
+    assert [(r.port, r.fd) for r in p.ports] == [(80, 4)]
+    assert p.spec.tcp_fds == (3, 4) and p.spec.net_bind_service
+    assert dict(net.files)["bridged-network"] == "/etc/lithos/sandboxes/web.yaml"
+
+
+def test_unbridged_plan_has_no_network() -> None:
+    p = plan()
+    assert p.network is None and not p.spec.net_bind_service
+
+
+def test_bridged_addresses_checked_at_start() -> None:
+    """Inventory rule 2: what lithos_check reports (K-35) is refused at start too."""
+    procs = PROCESSES.replace(b'variables: {port: "8080"}',
+                              b'variables: {port: "8080"}, ip-addresses: [10.0.0.5, 10.0.0.5]')
+    with pytest.raises(Denied, match=r"web\.ip-addresses\[1\]: 10\.0\.0\.5 is the same as"):
+        plan("web/web.0", container=BRIDGED_CONTAINER, sandbox=BRIDGED_SANDBOX, processes=procs)

@@ -1,5 +1,6 @@
 """broker.cmd_plan, pure: names (2.3 step 3), kind checks (step 7), the plan of one
-run (T-51 names, E-31 extra args, CMD-1 no tcp fds), refusals naming the file."""
+run (T-51 names, E-31 extra args, CMD-1 no tcp fds but a bridged sandbox's inner ones),
+refusals naming the file."""
 
 from __future__ import annotations
 
@@ -82,12 +83,19 @@ def test_port_outside_the_sandbox_refused() -> None:
         plan_command("job", 1, [], master, sb, process, container)
 
 
-def test_bridged_sandbox_refused_until_the_knot_builds_its_netns() -> None:
+def test_bridged_sandbox_gets_a_netns_and_its_inner_ports() -> None:
+    """K-31, CMD-1: no ip-addresses -> a netns with only lo; the non-external tcp-ports are
+    opened inside it, so they are the command's tcp fds; the service keeps
+    CAP_NET_BIND_SERVICE (K-30)."""
     bridged = SANDBOX + b"bridged-network: {bridge: br0, network: 10.0.0.0/24}\n"
     master, sb, processes, container = configs(bridged)
     process = find_command("job", sb, processes, "/etc/lt/processes/sb.yaml")
-    with pytest.raises(CmdError, match=r"sandboxes/sb\.yaml: bridged-network: "):
-        plan_command("job", 1, [], master, sb, process, container)
+    plan = plan_command("job", 1, [], master, sb, process, container)
+    assert plan.network is not None
+    assert plan.network.bridge == "br0" and plan.network.address is None
+    assert [(p.port, p.fd) for p in plan.network.ports] == [(8080, 3)]
+    assert plan.spec.tcp_fds == (3,) and plan.ports == ()
+    assert plan.spec.net_bind_service
 
 
 @pytest.mark.parametrize(("kind", "ok"), [("CommandOrDaemon", True), ("Daemon", False)])

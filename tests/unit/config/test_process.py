@@ -122,3 +122,14 @@ bad: {image: ../b, config: c.yaml, instances: 2, ip-addresses: [10.1.0.2]}
     assert image_path(sandbox, procs["ok"]) == Path("/images/a/b")
     keys = {p.key for p in check_process(sandbox, procs["bad"])}
     assert keys == {"bad.image", "bad.config", "bad.ip-addresses[0]", "bad.ip-addresses"}
+
+
+def test_duplicate_ip_addresses_name_both_positions() -> None:
+    """K-35: two instances cannot share an address; the second position is reported."""
+    sandbox = parse_sandbox(b"image-dir: /images\nbridged-network: {bridge: br0, "
+                            b"network: 10.0.0.0/24}\n", "/sb/web.yaml", "web")
+    procs = parse_processes(b"d: {image: a, config: /c, instances: 3, "
+                            b"ip-addresses: [10.0.0.2, 10.0.0.3, 10.0.0.2]}\n", FILE)
+    problems = check_process(sandbox, procs["d"])
+    assert [(p.key, p.value) for p in problems] == [("d.ip-addresses[2]", "10.0.0.2")]
+    assert "same as ip-addresses[0]" in str(problems[0])

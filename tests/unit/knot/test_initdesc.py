@@ -168,3 +168,13 @@ def test_python_and_c_agree_on_every_field_number(init_binary: Path) -> None:
         assert c_line.split(": ", 2)[2].split(":")[0] == str(err.value).split(":")[1].strip(), \
             (c_line, str(err.value))
 
+
+
+def test_net_bind_service_travels_to_init() -> None:
+    """K-30: a bridged spec's CAP_NET_BIND_SERVICE flag is the field before `end`."""
+    for flag in (False, True):
+        d = initdesc.from_spec(dataclasses.replace(SPEC, net_bind_service=flag), {}, 9)
+        assert d.net_bind_service is flag
+        data = initdesc.encode(d)
+        assert data.endswith(f"\0{int(flag)}\0end\0".encode())
+        assert initdesc.decode(data) == d
