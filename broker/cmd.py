@@ -41,10 +41,17 @@ from broker.cmd_plan import CmdError, check_names, find_command, plan_command
 from broker.configs import ConfigCache
 from broker.daemon import StartupError, make_master_dirs
 from broker.policy import StartPlan
+from broker.sandboxlogs import SandboxLogs
 from broker.starter import remove_state_dir
 from knot.exitcodes import EXIT_KILL_TIMEOUT, EXIT_SETUP_FAILED
 from knot.spawn import spawn_knot
-from protocol.config import ConfigError, MasterConfig, load_master, process_config_path
+from protocol.config import (
+    ConfigError,
+    MasterConfig,
+    SandboxConfig,
+    load_master,
+    process_config_path,
+)
 from protocol.config import sandbox_log_path as sandbox_log_file
 from protocol.errors import Denied
 from protocol.logs import resolve_level, setup_logging, syslog_ident
@@ -85,7 +92,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def load_plan(args: argparse.Namespace, pid: int) -> tuple[StartPlan, MasterConfig]:
+def load_plan(args: argparse.Namespace,
+              pid: int) -> tuple[StartPlan, MasterConfig, SandboxConfig]:
     """Steps 1-9: the configs, read by us; logging set up to the sandbox's log file.
 
     Raises: CmdError.
@@ -124,7 +132,8 @@ def load_plan(args: argparse.Namespace, pid: int) -> tuple[StartPlan, MasterConf
         container, _ = configs.container(sandbox, process)
     except Denied as e:
         raise CmdError(f"can't instantiate: {e.reason}") from None
-    return plan_command(args.name, pid, args.args, master, sandbox, process, container), master
+    plan = plan_command(args.name, pid, args.args, master, sandbox, process, container)
+    return plan, master, sandbox
 
 
 class Signals:
@@ -208,10 +217,15 @@ def exit_code(name: str, knot_status: int, service_status: int | None) -> int:
     return 1
 
 
-def run(plan: StartPlan, cgroups: CgroupLayout | None, signals: Signals) -> int:
-    """Carries out `plan`, waits, cleans up; returns lithos_cmd's exit code."""
+def run(plan: StartPlan, cgroups: CgroupLayout | None, signals: Signals,
+        sandbox_log: tuple[int, str] | None = None) -> int:
+    """Carries out `plan`, waits, cleans up; returns lithos_cmd's exit code.
+
+    sandbox_log: (fd, settings) for the knot's own lines (broker.sandboxlogs); closed here.
+    """
     group: CgroupHandle | None = None
     log_fd = status_r = status_w = -1
+    slog_fd = -1 if sandbox_log is None else sandbox_log[0]
     try:
         try:
             if cgroups is not None and plan.cgroup is not None:
@@ -229,6 +243,7 @@ def run(plan: StartPlan, cgroups: CgroupLayout | None, signals: Signals) -> int:
                 stdio_log=log_fd,
                 pdeathsig=True,
                 status_fd=status_w,
+                sandbox_log=sandbox_log,
             )
         except (CgroupError, StdioLogError, OSError, ValueError) as e:
             raise CmdError(f"Can't run {plan.name}: {e}") from None
@@ -249,7 +264,7 @@ def run(plan: StartPlan, cgroups: CgroupLayout | None, signals: Signals) -> int:
         log.info("%s: ended, exit code %d", plan.name, code)
         return code
     finally:
-        for fd in (log_fd, status_r, status_w):
+        for fd in (log_fd, status_r, status_w, slog_fd):
             if fd >= 0:
                 os.close(fd)
         if group is not None:
@@ -264,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signals = Signals()  # before anything is created: a Ctrl-C from now on cleans up
     try:
-        plan, master = load_plan(args, os.getpid())
+        plan, master, sandbox = load_plan(args, os.getpid())
         cgroups = None
         if master.cgroup_name is not None:
             try:
@@ -273,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise CmdError(str(e)) from None
         if any(sig in FORWARDED for sig in signals.take()):
             return 128 + signal.SIGTERM  # stopped before the command started
-        return run(plan, cgroups, signals)
+        # The knot's own lines (K-4): lithos_cmd passes it no --log-level (2.3 step 10).
+        return run(plan, cgroups, signals, SandboxLogs(master, None).open(sandbox))
     except CmdError as e:
         print(f"Fatal error: {e}", file=sys.stderr)
         if logging.getLogger().handlers:  # the sandbox's log is set up (step 5)

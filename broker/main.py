@@ -87,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     supervisor_args = []
     if args.log_level and parse_level(args.log_level) is not None:
         supervisor_args += ["--log-level", args.log_level]
-    options = Options(Path(args.config), account, supervisor_args, args.log_stderr)
+    options = Options(Path(args.config), account, supervisor_args, args.log_stderr,
+                      args.log_level if parse_level(args.log_level) is not None else None)
     broker = Broker(ConfigCache(master), options, resume)
     log.warning("lithos_tree started (pid %d%s)", os.getpid(), ", re-exec" if resume else "")
     try:

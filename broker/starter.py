@@ -39,8 +39,12 @@ def start(
     cgroups: CgroupLayout | None,
     *,
     detach_from_broker: bool = True,
+    sandbox_log: tuple[int, str] | None = None,
 ) -> Child:
-    """Forks the knot of `plan`; returns its Child. Raises: Denied(RESOURCE)."""
+    """Forks the knot of `plan`; returns its Child. Raises: Denied(RESOURCE).
+
+    sandbox_log: (fd, settings) from broker.sandboxlogs; the fd is closed here.
+    """
     name = plan.name
     fds: dict[int, int] = {}
     group: CgroupHandle | None = None
@@ -65,6 +69,7 @@ def start(
                 stderr=log_fd,
                 stdio_log=log_fd,
                 pdeathsig=not detach_from_broker,
+                sandbox_log=sandbox_log,
             )
         finally:
             os.close(null)
@@ -84,6 +89,8 @@ def start(
     finally:
         if log_fd >= 0:
             os.close(log_fd)
+        if sandbox_log is not None:
+            os.close(sandbox_log[0])
     addresses = [(req.host, req.port) for req in plan.ports]
     child = new_child(name, pid, fingerprint, plan.cgroup, addresses)
     child.kill_timeout_s = plan.spec.kill_timeout_s

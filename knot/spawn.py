@@ -110,7 +110,8 @@ AUTO = "auto"
 def spawn_knot(spec: KnotSpec, *, inherited_fds: Mapping[int, int], stdin: int, stdout: int,
                stderr: int, stdio_log: int | None = None, pdeathsig: bool = True,
                status_fd: int | None = None,
-               native_init: str | os.PathLike[str] | None = AUTO) -> int:
+               native_init: str | os.PathLike[str] | None = AUTO,
+               sandbox_log: tuple[int, str] | None = None) -> int:
     """Forks and execs the knot for `spec`; returns its pid as the caller sees it.
 
     inherited_fds maps the fd number the service must see (spec.tcp_fds) to the
@@ -126,6 +127,8 @@ def spawn_knot(spec: KnotSpec, *, inherited_fds: Mapping[int, int], stdin: int, 
     native_init: the native pid 1 binary the knot execs after setup (knot/init.c);
     None runs the Python pid 1; AUTO asks knot.initbin.choose() (native when it can
     be built, unless LITHOS_KNOT_INIT=python).
+    sandbox_log: (fd, settings) of the sandbox log (protocol.sandboxlog): the fd
+    the spawner opened and SandboxLog.to_arg(); the knot's own lines go there.
     Raises: ValueError if inherited_fds does not match spec.tcp_fds; OSError.
     """
     if sorted(inherited_fds) != sorted(spec.tcp_fds):
@@ -144,6 +147,10 @@ def spawn_knot(spec: KnotSpec, *, inherited_fds: Mapping[int, int], stdin: int, 
         if status_fd is not None and status_no is not None:
             fds[status_no] = status_fd
         argv = knot_argv(spec.name, spec_no, log_no, status_no)
+        if sandbox_log is not None:  # the sandbox log (protocol.sandboxlog)
+            slog_no = max(fds) + 1
+            fds[slog_no] = sandbox_log[0]
+            argv += ["--sandbox-log-fd", str(slog_no), "--sandbox-log", sandbox_log[1]]
         if native_init == AUTO:
             native_init = initbin.choose()
         if native_init is not None:

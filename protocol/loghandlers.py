@@ -245,8 +245,10 @@ class SyslogHandler(QuietHandler):
             message = self.format(record)
         except Exception:
             return
-        data = syslog_datagram(self.facility, record.levelno, self.ident, os.getpid(),
-                               record.created, message)
+        pid = getattr(record, "lithos_pid", None)  # a relayed supervisor line's own pid
+        data = syslog_datagram(self.facility, record.levelno, self.ident,
+                               pid if isinstance(pid, int) else os.getpid(), record.created,
+                               message)
         try:
             if self.sock is None:
                 self.sock = self._connect()

