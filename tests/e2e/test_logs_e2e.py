@@ -12,8 +12,10 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -113,3 +115,66 @@ def test_sandbox_log_file_and_level_come_from_the_sandbox(lithos, wait_file_text
     wait_file_text(path, r'\[ERROR\] Process "app/app\.0" killed by signal SIGKILL')
     assert "[WARN]" not in path.read_text() and "[INFO]" not in path.read_text()
     assert not (lithos.root / "log" / "app.log").exists()
+
+
+class SyslogSink:
+    """A unix datagram socket standing in for /dev/log; collects what arrives."""
+
+    def __init__(self, path: Path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.datagrams: list[str] = []
+
+    def wait_for(self, pattern: str, timeout_s: float = 20.0) -> re.Match[str]:
+        rx = re.compile(pattern)
+        for text in self.datagrams:
+            if match := rx.search(text):
+                return match
+        deadline = time.monotonic() + timeout_s
+        while (left := deadline - time.monotonic()) > 0:
+            self.sock.settimeout(left)
+            try:
+                text = self.sock.recv(65536).decode("utf-8", "replace")
+            except TimeoutError:
+                break
+            self.datagrams.append(text)
+            if match := rx.search(text):
+                return match
+        raise AssertionError(f"no datagram matching {pattern!r} in {timeout_s}s:\n"
+                             + "\n".join(self.datagrams[-40:]))
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def syslog_sink(lithos):  # type: ignore[no-untyped-def]
+    sink = SyslogSink(lithos.root / "syslog.sock")
+    yield sink
+    sink.close()
+
+
+def test_syslog_mode_sends_every_line_to_the_syslog_socket(lithos, syslog_sink) -> None:
+    """T-40, 1.1: with syslog-facility (local3 = 19) nothing goes to the files; the
+    tree's and the supervisor's lines carry ident syslog-name (`myapp`, the manual's
+    spelling), the knot's `myapp-<sandbox>`, each with its own pid and severity."""
+    start_app(lithos, master_extra="syslog-facility: LOG_LOCAL3\nsyslog-name: myapp\n",
+              args=("--log-level", "debug"),
+              env={"LITHOS_SYSLOG_SOCKET": str(lithos.root / "syslog.sock")})
+    stamp = r"[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d"
+    tree = lithos.pid
+    syslog_sink.wait_for(rf"^<156>{stamp} myapp\[{tree}\]: lithos_tree started \(pid {tree}")
+    sup = int(syslog_sink.wait_for(r"^<158>.* myapp\[\d+\]: supervisor started \(pid (\d+)")[1])
+    syslog_sink.wait_for(rf"^<158>{stamp} myapp\[{sup}\]: app/app\.0: STARTING -> RUNNING")
+    syslog_sink.wait_for(rf"^<159>{stamp} myapp\[{tree}\]: broker\.server:\d+: StartInstance ")
+    knot = lithos.recorded_pids()[0]
+    syslog_sink.wait_for(rf"^<158>{stamp} myapp-app\[{knot}\]: \[app/app\.0\] Starting container$")
+    syslog_sink.wait_for(rf'^<156>{stamp} myapp-app\[{knot}\]: Starting "app/app\.0": "/bin/sh"')
+    lithos.wait_stdio("app", r"^up app/app\.0$")
+    os.kill(lithos.service_pid(knot), signal.SIGKILL)
+    syslog_sink.wait_for(rf'^<155>{stamp} myapp-app\[{knot}\]: Process "app/app\.0" killed by '
+                         r"signal SIGKILL\[9\], uptime \d+s$")
+    log_dir = lithos.root / "log"
+    assert not (log_dir / "master.log").exists() and not (log_dir / "app.log").exists()
+    # The stdio log is not a log of lithos: it stays a file in syslog mode.
+    assert "up app/app.0" in lithos.stdio_log("app")
