@@ -1,4 +1,4 @@
-"""Opening the sandbox log for each knot (T-40, K-4): the broker's and lithos_cmd's part.
+"""Opening the logs of each knot (T-40, K-4, K-5): the broker's and lithos_cmd's part.
 
 Owns the choice of what a knot gets as its sandbox log: `<default-log-dir>/<log-file>`
 (the sandbox's `log-file`, by default `<sandbox>.log`) opened for appending, or, with
@@ -7,9 +7,10 @@ Owns the choice of what a knot gets as its sandbox log: `<default-log-dir>/<log-
 sandbox's `log-level`, then the master's, then warn: 1.2, T-42).
 
 Rules:
-- A log that cannot be opened never stops a start: the knot runs without it, and
-  the problem is logged once per change of condition per path (`cannot open: EISDIR`,
-  then `writable again`), not once per start (SandboxLogs keeps that memory).
+- A log that cannot be opened never stops a start: the knot runs without it (and
+  the stdio log is replaced by /dev/null), and the problem is logged once per change
+  of condition per path (`cannot open: EISDIR`, then `writable again`), not once per
+  start (SandboxLogs keeps that memory).
 - The fd is opened at every start, so a renamed file is left behind at the next
   start of each knot (and copytruncate works at once: O_APPEND).
 """
@@ -17,11 +18,14 @@ Rules:
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 
 from protocol.config import MasterConfig, SandboxConfig, sandbox_log_path
 from protocol.loghandlers import describe_oserror
 from protocol.logs import parse_facility, resolve_level, syslog_ident
 from protocol.sandboxlog import SandboxLog, open_sandbox_log, settings, syslog_address
+from protocol.stdiolog import StdioLogError, open_stdio_log
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +61,40 @@ class SandboxLogs:
         try:
             fd = open_sandbox_log(path, slog)
         except OSError as e:
-            condition = f"cannot open: {describe_oserror(e)}"
-            if self.failures.get(where) != condition:
-                self.failures[where] = condition
-                log.warning("%s: %s; the knots of sandbox %s start without their log lines "
-                            "until this is fixed", where, condition, sandbox.name)
+            self._failed(where, f"cannot open: {describe_oserror(e)}",
+                         f"the knots of sandbox {sandbox.name} start without their log lines")
             return None
+        self._succeeded(where)
+        return fd, slog.to_arg()
+
+    def open_stdio(self, path: Path) -> int:
+        """The stdio log of a start, or /dev/null when it cannot be opened (said once).
+
+        A log that cannot be opened (its directory gone, a directory in its place)
+        does not keep the service from running: its output is lost until a later
+        start finds the path writable again.
+        """
+        where = f"stdio log {str(path)!r}"
+        try:
+            fd = open_stdio_log(path.parent, path.stem)
+        except StdioLogError as e:
+            condition = f"cannot open: {describe_errno(e.errno)}" if e.errno else str(e)
+            self._failed(where, condition, "the services start with their output "
+                         "going to /dev/null")
+            return os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+        self._succeeded(where)
+        return fd
+
+    def _failed(self, where: str, condition: str, consequence: str) -> None:
+        if self.failures.get(where) != condition:
+            self.failures[where] = condition
+            log.warning("%s: %s; %s until this is fixed", where, condition, consequence)
+
+    def _succeeded(self, where: str) -> None:
         if self.failures.pop(where, None) is not None:
             log.warning("%s: writable again", where)
-        return fd, slog.to_arg()
+
+
+def describe_errno(number: int) -> str:
+    """`EISDIR (Is a directory)`."""
+    return describe_oserror(OSError(number, os.strerror(number)))

@@ -507,7 +507,8 @@ class Broker:
             raise Denied(DenyCode.FINGERPRINT_MISMATCH, f"{msg.instance}: the configs on disk "
                          f"give fingerprint {expected}, not {msg.fingerprint}")  # fmt: skip
         child = starter.start(plan, expected, self.ports, self.cgroups,
-                              sandbox_log=self.sandbox_logs.open(sandbox))
+                              sandbox_log=self.sandbox_logs.open(sandbox),
+                              stdio_log_fd=self.sandbox_logs.open_stdio(plan.stdio_log))
         self.children.add(child)
         self.history.setdefault(msg.instance, History()).starts += 1
         log.info("Forked %s (pid: %d)", msg.instance, child.pid)
@@ -680,6 +681,8 @@ class Broker:
         """T-1, E-17: exec ourselves in place; children and sockets are kept."""
         log.warning("re-executing lithos_tree (pid %d stays)", os.getpid())
         sup_pid = self.supervisor_pid
+        for relay in self.relays.values():
+            relay.drain()  # what the supervisor said up to now (its pipe closes at exec)
         for fd in list(self.peers):
             self._drop_peer(fd)  # the supervisor sees EOF and exits; a new one comes
         if self.control is not None:

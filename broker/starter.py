@@ -40,15 +40,18 @@ def start(
     *,
     detach_from_broker: bool = True,
     sandbox_log: tuple[int, str] | None = None,
+    stdio_log_fd: int = -1,
 ) -> Child:
     """Forks the knot of `plan`; returns its Child. Raises: Denied(RESOURCE).
 
-    sandbox_log: (fd, settings) from broker.sandboxlogs; the fd is closed here.
+    sandbox_log: (fd, settings) from broker.sandboxlogs; stdio_log_fd: the stdio log
+    already opened (broker.sandboxlogs.SandboxLogs.open_stdio), else opened here.
+    Both fds are closed here.
     """
     name = plan.name
     fds: dict[int, int] = {}
     group: CgroupHandle | None = None
-    log_fd = -1
+    log_fd = stdio_log_fd
     try:
         for req in plan.ports:
             s = req.settings
@@ -57,7 +60,8 @@ def start(
         if cgroups is not None and plan.cgroup is not None:
             group = cgroups.create(plan.cgroup)
             group.set_limits(plan.memory_limit, plan.cpu_shares)
-        log_fd = open_stdio_log(plan.stdio_log.parent, plan.stdio_log.stem)
+        if log_fd < 0:
+            log_fd = open_stdio_log(plan.stdio_log.parent, plan.stdio_log.stem)
         plan.state_dir.mkdir(parents=True, exist_ok=True)
         null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         try:

@@ -178,3 +178,170 @@ def test_syslog_mode_sends_every_line_to_the_syslog_socket(lithos, syslog_sink) 
     assert not (log_dir / "master.log").exists() and not (log_dir / "app.log").exists()
     # The stdio log is not a log of lithos: it stays a file in syslog mode.
     assert "up app/app.0" in lithos.stdio_log("app")
+
+
+def test_stdio_log_holds_output_and_start_and_death_lines(lithos) -> None:
+    """K-41, K-53: the service's stdout and stderr and lithos's marker lines, in order,
+    in <stdio-log-dir>/<sandbox>.log."""
+    start_app(lithos)
+    lithos.wait_stdio("app", r"^err app/app\.0$")
+    knot = lithos.recorded_pids()[0]
+    os.kill(lithos.service_pid(knot), signal.SIGKILL)
+    lithos.wait_stdio("app", r"(?s)killed by signal.*\nup app/app\.0\n")
+    lines = lithos.stdio_log("app").splitlines()
+    start = re.compile(rf'^{TS}: ----- Starting "app/app\.0": "/bin/sh" "-c" ".*" -----$')
+    death = re.compile(rf'^{TS}: ----- Process "app/app\.0" killed by signal SIGKILL\[9\], '
+                       r"uptime \d+s -----$")
+    kinds = ["start" if start.match(x) else "death" if death.match(x) else x for x in lines]
+    assert kinds[:5] == ["start", "up app/app.0", "err app/app.0", "death", "start"], lines
+
+
+def test_moved_stdio_log_is_left_behind_at_the_next_start(lithos, wait_file_text) -> None:
+    """logrotate without copytruncate: after `mv`, the running service and its death
+    line stay in the moved file; the restarted service writes to a new file."""
+    start_app(lithos)
+    lithos.wait_stdio("app", r"^up app/app\.0$")
+    stdio = lithos.root / "log" / "stderr" / "app.log"
+    moved = stdio.with_name("app.log.1")
+    stdio.rename(moved)
+    knot = lithos.recorded_pids()[0]
+    os.kill(lithos.service_pid(knot), signal.SIGKILL)
+    wait_file_text(moved, r'----- Process "app/app\.0" killed by signal SIGKILL')
+    wait_file_text(stdio, r'(?s)----- Starting "app/app\.0".*\nup app/app\.0\n')
+    new = stdio.read_text()
+    assert "killed by signal" not in new and new.count("Starting") == 1, new
+    assert moved.read_text().count("up app/app.0") == 1
+
+
+def test_config_log_one_line_per_start_and_rotation(lithos) -> None:
+    """T-27, T-28: a line per start of lithos_tree (a re-exec is a start); a file over
+    10 MiB becomes <sandbox>.log.1 before the next line, .1 becomes .2."""
+    config_dir = lithos.root / "log" / "config"
+    config_dir.mkdir(parents=True)
+    big = config_dir / "app.log"
+    with big.open("wb") as f:  # sparse: the size is what counts
+        f.truncate(10_485_760 + 1)
+    (config_dir / "app.log.1").write_text("older\n")
+    start_app(lithos)
+    lines = (config_dir / "app.log").read_text().splitlines()
+    assert len(lines) == 1 and re.match(rf"^{TS} \{{\"app\":\{{", lines[0]), lines
+    assert (config_dir / "app.log.1").stat().st_size == 10_485_760 + 1
+    assert (config_dir / "app.log.2").read_text() == "older\n"
+    mark = lithos.mark()
+    lithos.proc.send_signal(signal.SIGQUIT)  # a reload: one more line, no rotation
+    lithos.wait_for(r"supervisor ready:", start=mark)
+    assert len((config_dir / "app.log").read_text().splitlines()) == 2
+    assert not (config_dir / "app.log.3").exists()
+
+
+def test_config_log_dir_null_writes_nothing(lithos) -> None:
+    """1.1 `config-log-dir: null` (0.10.2): no config log at all."""
+    master = lithos.master.read_text()
+    lithos.master.write_text(re.sub(r"(?m)^config-log-dir: .*$", "config-log-dir: null", master))
+    start_app(lithos)
+    lithos.wait_stdio("app", r"^up app/app\.0$")
+    assert not (lithos.root / "log" / "config").exists()
+
+
+def poke_until(lithos, pattern: str, start: int, timeout_s: float = 30.0) -> None:
+    """Makes the broker log (a DEBUG line per control request) until `pattern` shows
+    on its stderr: a log file is checked against its path at most once a second."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        lithos.status()
+        try:
+            lithos.wait_for(pattern, timeout_s=0.2, start=start)
+            return
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+
+
+def restart_service(lithos) -> None:  # type: ignore[no-untyped-def]
+    """Kills the container (its knot: the service may not have started yet) and waits
+    for the supervisor to have it running again."""
+    lithos.wait_for(r"app/app\.0: STARTING -> RUNNING")
+    mark = lithos.mark()
+    os.kill(lithos.running()["app/app.0"], signal.SIGKILL)
+    lithos.wait_for(r"app/app\.0: STARTING -> RUNNING", start=mark)
+
+
+def test_master_log_replaced_by_a_directory(lithos) -> None:
+    """Bad input: said once on stderr, lines dropped and counted, supervision goes
+    on, and the file is written again once the path is free."""
+    start_app(lithos)
+    lithos.wait_stdio("app", r"^up app/app\.0$")
+    log_dir = lithos.root / "log"
+    master_log = log_dir / "master.log"
+    master_log.rename(log_dir / "master.log.old")
+    master_log.mkdir()
+    mark = lithos.mark()
+    report = (rf"^lithos: log file '{re.escape(str(master_log))}': cannot open: EISDIR "
+              r"\(Is a directory\); log lines are dropped until this is fixed$")
+    poke_until(lithos, report, mark)
+    restart_service(lithos)  # still supervising
+    restart_service(lithos)
+    assert lithos.count(report, mark) == 1
+    master_log.rmdir()
+    poke_until(lithos, rf"^lithos: log file '{re.escape(str(master_log))}': writable again "
+               r"\(\d+ log lines were dropped\)$", mark)
+    text = master_log.read_text()
+    assert re.match(rf"^\[{TS}\]\[WARN\] log file '{re.escape(str(master_log))}': \d+ log "
+                    r"lines were dropped \(cannot open: EISDIR \(Is a directory\)\)\n", text), text
+
+
+def test_full_disk_is_said_once_and_recovers(lithos) -> None:
+    """Bad input: default-log-dir on a 256 KiB tmpfs that the test fills up."""
+    small = lithos.root / "small"
+    small.mkdir()
+    (lithos.root / "log").mkdir()  # config-log-dir and stdio-log-dir stay there
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "lt-e2e-logs", str(small)],
+                   check=True)  # unmounted by the lithos fixture's clean-up
+    master = lithos.master.read_text()
+    lithos.master.write_text(re.sub(r"(?m)^default-log-dir: .*$", f"default-log-dir: {small}",
+                                    master))
+    start_app(lithos)
+    lithos.wait_stdio("app", r"^up app/app\.0$")
+    filler = small / "filler"
+    with filler.open("wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"x" * 4096)
+        except OSError as e:
+            assert e.errno == 28  # ENOSPC
+    mark = lithos.mark()
+    report = (rf"^lithos: log file '{re.escape(str(small / 'master.log'))}': cannot write: "
+              r"ENOSPC \(No space left on device\); log lines are dropped until this is fixed$")
+    poke_until(lithos, report, mark)
+    restart_service(lithos)  # still supervising; the knot's own lines are dropped too
+    assert lithos.count(report, mark) == 1
+    filler.unlink()
+    poke_until(lithos, r"^lithos: log file .*master\.log': writable again", mark)
+    assert re.search(r"\]\[WARN\] log file .*: \d+ log lines were dropped \(cannot write: "
+                     r"ENOSPC", (small / "master.log").read_text())
+
+
+def test_unopenable_sandbox_and_stdio_logs_do_not_stop_services(lithos) -> None:
+    """Bad input: a directory where the sandbox log and the stdio log should be. The
+    service runs all the same (output to /dev/null), each problem is logged once, and
+    the next start after the fix writes both files again."""
+    log_dir = lithos.root / "log"
+    sandbox_log, stdio = log_dir / "app.log", log_dir / "stderr" / "app.log"
+    sandbox_log.mkdir(parents=True)
+    stdio.mkdir(parents=True)
+    start_app(lithos)
+    lithos.wait_for(r"app/app\.0: STARTING -> RUNNING")
+    restart_service(lithos)
+    restart_service(lithos)
+    for path, what in ((sandbox_log, "sandbox log"), (stdio, "stdio log")):
+        assert lithos.count(rf"\[WARN\] {what} '{re.escape(str(path))}': cannot open: EISDIR "
+                            r"\(Is a directory\); .* until this is fixed$") == 1
+    sandbox_log.rmdir()
+    stdio.rmdir()
+    mark = lithos.mark()
+    restart_service(lithos)
+    lithos.wait_for(rf"\[WARN\] sandbox log '{re.escape(str(sandbox_log))}': writable again",
+                    start=mark)
+    lithos.wait_for(rf"\[WARN\] stdio log '{re.escape(str(stdio))}': writable again", start=mark)
+    lithos.wait_stdio("app", r"^up app/app\.0$")
+    assert '[WARN] Starting "app/app.0"' in sandbox_log.read_text()
