@@ -10,7 +10,7 @@ after logrotate's rename, the same report-once rules when the disk is full, the 
 Rules: non-blocking reads from the loop, never a wait; one record per line, whatever
 the supervisor's level said (it filtered already); a line that is not of that form
 (a traceback of a crash) is relayed at ERROR as it is; a line longer than
-MAX_LINE_BYTES is cut there. The file keeps the supervisor's own time stamp.
+MAX_LINE_BYTES is cut there (the rest, up to its newline, is dropped). The file keeps the supervisor's own time stamp.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ class LogRelay:
         self.pid = pid
         self.logger = logger if logger is not None else logging.getLogger()
         self._partial = b""
+        self._skipping = False
         os.set_blocking(fd, False)
 
     def on_readable(self) -> bool:
@@ -62,11 +63,17 @@ class LogRelay:
         if not data:
             self._flush()
             return False
+        if self._skipping:  # the rest of a line that was cut
+            _, newline, data = data.partition(b"\n")
+            if not newline:
+                return True
+            self._skipping = False
         lines = (self._partial + data).split(b"\n")
         self._partial = lines.pop()
         if len(self._partial) > MAX_LINE_BYTES:
             lines.append(self._partial[:MAX_LINE_BYTES])
             self._partial = b""
+            self._skipping = True
         for line in lines:
             self._relay(line)
         return True

@@ -133,7 +133,8 @@ class SyslogFormatter(logging.Formatter):
         message = record.getMessage()
         if record.exc_info:
             message = f"{message}\n{self.formatException(record.exc_info)}"
-        if record.levelno < logging.INFO:
+        # A relayed supervisor line (broker/logrelay.py) already names its module.
+        if record.levelno < logging.INFO and not hasattr(record, "lithos_line"):
             message = f"{record.name}:{record.lineno}: {message}"
         return _one_line(message)
 
