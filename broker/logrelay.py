@@ -10,7 +10,8 @@ after logrotate's rename, the same report-once rules when the disk is full, the 
 Rules: non-blocking reads from the loop, never a wait; one record per line, whatever
 the supervisor's level said (it filtered already); a line that is not of that form
 (a traceback of a crash) is relayed at ERROR as it is; a line longer than
-MAX_LINE_BYTES is cut there (the rest, up to its newline, is dropped). The file keeps the supervisor's own time stamp.
+MAX_LINE_BYTES is cut there (the rest, up to its newline, is dropped). The file
+keeps the supervisor's own time stamp.
 """
 
 from __future__ import annotations
