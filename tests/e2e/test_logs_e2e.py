@@ -345,3 +345,38 @@ def test_unopenable_sandbox_and_stdio_logs_do_not_stop_services(lithos) -> None:
     lithos.wait_for(rf"\[WARN\] stdio log '{re.escape(str(stdio))}': writable again", start=mark)
     lithos.wait_stdio("app", r"^up app/app\.0$")
     assert '[WARN] Starting "app/app.0"' in sandbox_log.read_text()
+
+
+CMD = """
+kind: Command
+executable: /bin/sh
+arguments: [-c, 'echo "ran $LITHOS_NAME"']
+user-id: 1000
+group-id: 1000
+"""
+
+
+def test_lithos_cmd_and_its_knot_log_to_the_sandbox_log(lithos) -> None:
+    """T-40, 2.3: lithos_cmd logs to the sandbox log at its own level; its knot gets
+    no --log-level (step 10), so it logs at the sandbox's or master's level (debug)."""
+    lithos.image("cmd.v1", {"cmd.yaml": CMD})
+    lithos.sandbox("sb", "", "show: {image: cmd.v1, config: /config/cmd.yaml, kind: Command}\n")
+
+    def run(*args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "broker.cmd", "--master", str(lithos.master), *args,
+             "sb", "show"], cwd=REPO, capture_output=True, timeout=60,
+            env=dict(os.environ, PYTHONPATH=str(REPO)), stdin=subprocess.DEVNULL)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return re.findall(r"ran (sb/cmd\.show\.\d+)", lithos.stdio_log("sb"))[-1]
+
+    name = run("--log-level", "info")
+    text = (lithos.root / "log" / "sb.log").read_text()
+    assert re.search(rf"^\[{TS}\]\[INFO\] {name}: started, knot pid \d+$", text, re.M), text
+    assert re.search(rf"^\[{TS}\]\[INFO\] \[{name}\] Starting container$", text, re.M), text
+    assert re.search(rf'^\[{TS}\]\[WARN\] Starting "{name}": "/bin/sh" "-c" ', text, re.M)
+    assert re.search(rf'^\[{TS}\]\[ERROR\] Process "{name}" exited with code 0, uptime \d+s$',
+                     text, re.M), text
+    name = run("--log-level", "error")
+    text = (lithos.root / "log" / "sb.log").read_text()
+    assert f'Starting "{name}"' in text and f"{name}: started" not in text
