@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
             cgroups.enter(master.cgroup_name, os.getpid())
     except (StartupError, CgroupError, OSError) as e:
         print(f"Fatal error: {e}", file=sys.stderr)
-        log.error("Fatal error: %s", e)
+        if logging.getLogger().handlers:  # else logging's last resort would print it again
+            log.error("Fatal error: %s", e)
         return 1
     supervisor_args = []
     if args.log_level and parse_level(args.log_level) is not None:
