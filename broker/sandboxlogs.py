@@ -68,7 +68,8 @@ class SandboxLogs:
         return fd, slog.to_arg()
 
     def open_stdio(self, path: Path) -> int:
-        """The stdio log of a start, or /dev/null when it cannot be opened (said once).
+        """The stdio log of a start, or /dev/null when it cannot be opened (said once);
+        never raises (-1 if even /dev/null cannot be opened).
 
         A log that cannot be opened (its directory gone, a directory in its place)
         does not keep the service from running: its output is lost until a later
@@ -81,7 +82,10 @@ class SandboxLogs:
             condition = f"cannot open: {describe_errno(e.errno)}" if e.errno else str(e)
             self._failed(where, condition, "the services start with their output "
                          "going to /dev/null")
-            return os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                return os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+            except OSError:  # EMFILE...: the starter tries the log again and refuses
+                return -1
         self._succeeded(where)
         return fd
 

@@ -106,8 +106,11 @@ def _open_sandbox_log(name: str, fd_text: str | None, settings: str | None) -> N
         fd = int(fd_text)
     except ValueError as e:
         fail(name, f"usage: {e}")
-    # Our pid as the host sees it (for syslog): /proc is still the host's here.
-    service.SANDBOX_LOG.append(sandboxlog.Writer(fd, log, int(os.readlink("/proc/self"))))
+    try:  # our pid as the host sees it (for syslog): /proc is still the host's here
+        pid = int(os.readlink("/proc/self"))
+    except (OSError, ValueError):
+        pid = os.getpid()
+    service.SANDBOX_LOG.append(sandboxlog.Writer(fd, log, pid))
 
 
 def read_spec(name: str, spec_fd: int) -> KnotSpec:
