@@ -43,10 +43,17 @@ from broker.configs import ConfigCache
 from broker.daemon import StartupError, make_master_dirs
 from broker.netstart import ContainerNet, NetworkError
 from broker.policy import StartPlan
+from broker.sandboxlogs import SandboxLogs
 from broker.starter import remove_state_dir
 from knot.exitcodes import EXIT_KILL_TIMEOUT, EXIT_SETUP_FAILED
 from knot.spawn import spawn_knot
-from protocol.config import ConfigError, MasterConfig, load_master, process_config_path
+from protocol.config import (
+    ConfigError,
+    MasterConfig,
+    SandboxConfig,
+    load_master,
+    process_config_path,
+)
 from protocol.config import sandbox_log_path as sandbox_log_file
 from protocol.errors import Denied
 from protocol.logs import resolve_level, setup_logging, syslog_ident
@@ -87,7 +94,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def load_plan(args: argparse.Namespace, pid: int) -> tuple[StartPlan, MasterConfig]:
+def load_plan(args: argparse.Namespace,
+              pid: int) -> tuple[StartPlan, MasterConfig, SandboxConfig]:
     """Steps 1-9: the configs, read by us; logging set up to the sandbox's log file.
 
     Raises: CmdError.
@@ -126,7 +134,8 @@ def load_plan(args: argparse.Namespace, pid: int) -> tuple[StartPlan, MasterConf
         container, _ = configs.container(sandbox, process)
     except Denied as e:
         raise CmdError(f"can't instantiate: {e.reason}") from None
-    return plan_command(args.name, pid, args.args, master, sandbox, process, container), master
+    plan = plan_command(args.name, pid, args.args, master, sandbox, process, container)
+    return plan, master, sandbox
 
 
 class Signals:
@@ -210,11 +219,16 @@ def exit_code(name: str, knot_status: int, service_status: int | None) -> int:
     return 1
 
 
-def run(plan: StartPlan, cgroups: CgroupLayout | None, signals: Signals) -> int:
-    """Carries out `plan`, waits, cleans up; returns lithos_cmd's exit code."""
+def run(plan: StartPlan, cgroups: CgroupLayout | None, signals: Signals,
+        sandbox_log: tuple[int, str] | None = None) -> int:
+    """Carries out `plan`, waits, cleans up; returns lithos_cmd's exit code.
+
+    sandbox_log: (fd, settings) for the knot's own lines (broker.sandboxlogs); closed here.
+    """
     group: CgroupHandle | None = None
     net: ContainerNet | None = None
     log_fd = status_r = status_w = -1
+    slog_fd = -1 if sandbox_log is None else sandbox_log[0]
     try:
         try:
             if plan.network is not None:  # K-30: its own netns, made like lithos_tree's
@@ -235,6 +249,7 @@ def run(plan: StartPlan, cgroups: CgroupLayout | None, signals: Signals) -> int:
                 pdeathsig=True,
                 status_fd=status_w,
                 netns_fd=net.netns_fd if net is not None else None,
+                sandbox_log=sandbox_log,
             )
         except (CgroupError, StdioLogError, OSError, ValueError, NetworkError) as e:
             raise CmdError(f"Can't run {plan.name}: {e}") from None
@@ -257,7 +272,7 @@ def run(plan: StartPlan, cgroups: CgroupLayout | None, signals: Signals) -> int:
         log.info("%s: ended, exit code %d", plan.name, code)
         return code
     finally:
-        for fd in (log_fd, status_r, status_w):
+        for fd in (log_fd, status_r, status_w, slog_fd):
             if fd >= 0:
                 os.close(fd)
         if group is not None:
@@ -275,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signals = Signals()  # before anything is created: a Ctrl-C from now on cleans up
     try:
-        plan, master = load_plan(args, os.getpid())
+        plan, master, sandbox = load_plan(args, os.getpid())
         cgroups = None
         if master.cgroup_name is not None:
             try:
@@ -284,7 +299,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise CmdError(str(e)) from None
         if any(sig in FORWARDED for sig in signals.take()):
             return 128 + signal.SIGTERM  # stopped before the command started
-        return run(plan, cgroups, signals)
+        # The knot's own lines (K-4): lithos_cmd passes it no --log-level (2.3 step 10).
+        return run(plan, cgroups, signals, SandboxLogs(master, None).open(sandbox))
     except CmdError as e:
         print(f"Fatal error: {e}", file=sys.stderr)
         if logging.getLogger().handlers:  # the sandbox's log is set up (step 5)

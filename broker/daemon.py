@@ -136,8 +136,8 @@ def spawn_supervisor(
 
     The child sets NoNewPrivs and execs the supervisor, which drops to `account`
     before it reads anything (supervisor/privileges.py): the interpreter may live
-    where only root can read it. stderr_fd (the master log, or the terminal with
-    --log-stderr) becomes its fd 2, so its log lines land beside the broker's.
+    where only root can read it. stderr_fd (the pipe of broker/logrelay.py)
+    becomes its fd 2, so its log lines land beside the broker's.
     """
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     child_fd = theirs.fileno()

@@ -82,12 +82,14 @@ def main(argv: list[str] | None = None) -> int:
             cgroups.enter(master.cgroup_name, os.getpid())
     except (StartupError, CgroupError, OSError) as e:
         print(f"Fatal error: {e}", file=sys.stderr)
-        log.error("Fatal error: %s", e)
+        if logging.getLogger().handlers:  # else logging's last resort would print it again
+            log.error("Fatal error: %s", e)
         return 1
     supervisor_args = []
     if args.log_level and parse_level(args.log_level) is not None:
         supervisor_args += ["--log-level", args.log_level]
-    options = Options(Path(args.config), account, supervisor_args, args.log_stderr)
+    options = Options(Path(args.config), account, supervisor_args, args.log_stderr,
+                      args.log_level if parse_level(args.log_level) is not None else None)
     broker = Broker(ConfigCache(master), options, resume)
     log.warning("lithos_tree started (pid %d%s)", os.getpid(), ", re-exec" if resume else "")
     try:

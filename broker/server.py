@@ -32,11 +32,13 @@ from broker.cgroups import CgroupLayout, instance_group
 from broker.children import Child, Children
 from broker.configs import ConfigCache
 from broker.daemon import Account, spawn_supervisor
+from broker.logrelay import LogRelay
 from broker.notify import sd_notify
 from broker.policy import parse_instance, plan_start
 from broker.ports import PortTable
 from broker.reclaim import reclaim
 from broker.reexec import exec_self
+from broker.sandboxlogs import SandboxLogs
 from broker.status import History, status_tree
 from protocol import messages as m
 from protocol.channel import Channel
@@ -105,6 +107,7 @@ class Options:
     supervisor_account: Account
     supervisor_args: list[str] = field(default_factory=list)
     log_stderr: bool = False
+    log_level: str | None = None  # --log-level of lithos_tree, for the knots too (T-42)
     started_at_wall: float = field(default_factory=time.time)
 
 
@@ -118,6 +121,8 @@ class Broker:
         self.master = configs.master
         self.options = options
         self.loop = Loop()
+        self.sandbox_logs = SandboxLogs(self.master, options.log_level)
+        self.relays: dict[int, LogRelay] = {}  # the supervisors' stderr pipes
         self.children = Children(self.master.runtime_dir / "children")
         self.cgroups: CgroupLayout | None = None
         self.history: dict[str, History] = {}
@@ -300,26 +305,22 @@ class Broker:
     def start_supervisor(self) -> None:
         if self.shutting_down or self.supervisor is not None:
             return
-        stderr_fd = None
-        if not self.options.log_stderr:
-            try:
-                stderr_fd = os.open(
-                    self.master.log_file,
-                    os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
-                    0o644,
-                )
-            except OSError as e:
-                log.error("%s: opening for the supervisor's log: %s", self.master.log_file, e)
+        # Its stderr is a pipe we relay into our own log (broker/logrelay.py): it may
+        # not open master.log itself, and our handlers know rotation and syslog.
+        relay_r, relay_w = os.pipe2(os.O_CLOEXEC)
         try:
             pid, sock = spawn_supervisor(
                 self.options.supervisor_account,
                 self.options.master_path,
                 self.options.supervisor_args,
-                stderr_fd,
+                relay_w,
             )
+        except BaseException:
+            os.close(relay_r)
+            raise
         finally:
-            if stderr_fd is not None:
-                os.close(stderr_fd)
+            os.close(relay_w)
+        self._add_relay(LogRelay(relay_r, pid))
         channel = Channel(sock)
         channel.setblocking(False)
         self.supervisor_pid = pid
@@ -327,6 +328,18 @@ class Broker:
         self.supervisor = Peer(channel, Role.SUPERVISOR, self.options.supervisor_account.uid)
         self._add_peer(self.supervisor)
         log.info("supervisor started (pid %d, user %s)", pid, self.options.supervisor_account.name)
+
+    def _add_relay(self, relay: LogRelay) -> None:
+        fd = relay.fd
+        self.relays[fd] = relay
+
+        def readable() -> None:
+            if not relay.on_readable():  # EOF: that supervisor is gone
+                self.loop.remove_reader(fd)
+                self.relays.pop(fd, None)
+                relay.close()
+
+        self.loop.add_reader(fd, readable)
 
     def _supervisor_exited(self, status: str) -> None:
         lived = time.monotonic() - self.supervisor_started
@@ -394,6 +407,7 @@ class Broker:
 
     def _dispatch(self, peer: Peer, msg: m.Message, request_id: int, fds: tuple[Any, ...]) -> None:
         handler = HANDLERS.get(type(msg))
+        log.debug("%s from %s (uid %d)", type(msg).__name__, peer.role.value, peer.uid)
         try:
             try:
                 if handler is None or peer.role not in handler.roles:
@@ -482,7 +496,9 @@ class Broker:
         if expected != msg.fingerprint:
             raise Denied(DenyCode.FINGERPRINT_MISMATCH, f"{msg.instance}: the configs on disk "
                          f"give fingerprint {expected}, not {msg.fingerprint}")  # fmt: skip
-        child = starter.start(plan, expected, self.ports, self.cgroups)
+        child = starter.start(plan, expected, self.ports, self.cgroups,
+                              sandbox_log=self.sandbox_logs.open(sandbox),
+                              stdio_log_fd=self.sandbox_logs.open_stdio(plan.stdio_log))
         self.children.add(child)
         self.history.setdefault(msg.instance, History()).starts += 1
         log.info("Forked %s (pid: %d)", msg.instance, child.pid)
@@ -607,6 +623,8 @@ class Broker:
         """T-1, E-17: exec ourselves in place; children and sockets are kept."""
         log.warning("re-executing lithos_tree (pid %d stays)", os.getpid())
         sup_pid = self.supervisor_pid
+        for relay in self.relays.values():
+            relay.drain()  # what the supervisor said up to now (its pipe closes at exec)
         for fd in list(self.peers):
             self._drop_peer(fd)  # the supervisor sees EOF and exits; a new one comes
         if self.control is not None:
@@ -662,6 +680,10 @@ class Broker:
         self.loop.run()
 
     def close(self) -> None:
+        for relay in self.relays.values():
+            relay.drain()
+            relay.close()
+        self.relays.clear()
         for fd in list(self.peers):
             self._drop_peer(fd)
         if self.control is not None:

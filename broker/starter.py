@@ -42,13 +42,20 @@ def start(
     cgroups: CgroupLayout | None,
     *,
     detach_from_broker: bool = True,
+    sandbox_log: tuple[int, str] | None = None,
+    stdio_log_fd: int = -1,
 ) -> Child:
-    """Forks the knot of `plan`; returns its Child. Raises: Denied(RESOURCE)."""
+    """Forks the knot of `plan`; returns its Child. Raises: Denied(RESOURCE).
+
+    sandbox_log: (fd, settings) from broker.sandboxlogs; stdio_log_fd: the stdio log
+    already opened (broker.sandboxlogs.SandboxLogs.open_stdio), else opened here.
+    Both fds are closed here.
+    """
     name = plan.name
     fds: dict[int, int] = {}
     group: CgroupHandle | None = None
     net: ContainerNet | None = None
-    log_fd = -1
+    log_fd = stdio_log_fd
     try:
         for req in plan.ports:
             s = req.settings
@@ -60,7 +67,8 @@ def start(
         if cgroups is not None and plan.cgroup is not None:
             group = cgroups.create(plan.cgroup)
             group.set_limits(plan.memory_limit, plan.cpu_shares)
-        log_fd = open_stdio_log(plan.stdio_log.parent, plan.stdio_log.stem)
+        if log_fd < 0:
+            log_fd = open_stdio_log(plan.stdio_log.parent, plan.stdio_log.stem)
         plan.state_dir.mkdir(parents=True, exist_ok=True)
         null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         try:
@@ -73,6 +81,7 @@ def start(
                 stdio_log=log_fd,
                 pdeathsig=not detach_from_broker,
                 netns_fd=net.netns_fd if net is not None else None,
+                sandbox_log=sandbox_log,
             )
         finally:
             os.close(null)
@@ -96,6 +105,8 @@ def start(
             os.close(log_fd)
         if net is not None:
             net.close()  # the knot holds the netns now
+        if sandbox_log is not None:
+            os.close(sandbox_log[0])
     addresses = [(req.host, req.port) for req in plan.ports]
     child = new_child(name, pid, fingerprint, plan.cgroup, addresses)
     child.kill_timeout_s = plan.spec.kill_timeout_s

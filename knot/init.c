@@ -59,6 +59,11 @@ struct desc {
     int npidvars; char **pidvars;
     int nfds; int *fds;                   /* tcp fds, kept for the service */
     int net_bind_service;                 /* bridged: keep CAP_NET_BIND_SERVICE (K-30) */
+    int slog_fd;                          /* -1: no sandbox log (protocol/sandboxlog.py) */
+    int slog_level;                       /* Python level numbers: ERROR 40, WARN 30 */
+    int slog_facility;                    /* -1: `[ts][LEVEL] msg` lines; else syslog */
+    char *slog_tag;                       /* syslog: "<ident>[<host pid>]" */
+    long long slog_gmtoff;                /* syslog: seconds east of UTC */
 };
 
 static struct desc d;
@@ -167,6 +172,11 @@ static void read_desc(int fd) {
     d.pidvars = next_strs("pid-env-vars", &d.npidvars);
     d.fds = next_ints("tcp-fds", &d.nfds, 0, INT_MAX);
     d.net_bind_service = (int)next_int("net-bind-service", 0, 1);
+    d.slog_fd = (int)next_int("sandbox-log-fd", -1, INT_MAX);
+    d.slog_level = (int)next_int("sandbox-log-level", 0, 100);
+    d.slog_facility = (int)next_int("sandbox-log-facility", -1, 23);
+    d.slog_tag = next_str("sandbox-log-tag");
+    d.slog_gmtoff = next_int("sandbox-log-gmtoff", -86400, 86400);
     if (strcmp(next_str("end"), "end") != 0) bad("not end", "end");
     if (cur != end) bad("trailing bytes", "end");
     if (d.nargv < 1) bad("empty", "argv");
@@ -218,20 +228,50 @@ static void write_all(int fd, const char *text, size_t len) {
     }
 }
 
-/* `<rfc3339>: ----- <text> -----\n`, whole (no length limit); nothing without a log. */
-static void log_line(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void log_line(const char *fmt, ...) {
-    if (d.log_fd < 0) return;
-    char stamp[32], *text, *line;
+enum { LOG_ERROR = 40, LOG_WARN = 30 };
+
+/* sandboxlog.line(): `[<rfc3339>][LEVEL] <text>\n`, or the syslog(3) datagram
+   `<PRI>Mmm dd hh:mm:ss <tag>: <text>`; nothing below the level. Errors are ignored. */
+static void sandbox_line(int level, const char *text) {
+    if (d.slog_fd < 0 || level < d.slog_level) return;
+    static const char *const months[12] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                           "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
     time_t t = time(NULL);
     struct tm tm;
-    strftime(stamp, sizeof stamp, "%Y-%m-%dT%H:%M:%SZ", gmtime_r(&t, &tm));
+    char *line;
+    int len;
+    if (d.slog_facility < 0) {
+        char stamp[32];
+        strftime(stamp, sizeof stamp, "%Y-%m-%dT%H:%M:%SZ", gmtime_r(&t, &tm));
+        len = asprintf(&line, "[%s][%s] %s\n", stamp, level >= LOG_ERROR ? "ERROR" : "WARN",
+                       text);
+    } else {
+        time_t local = t + (time_t)d.slog_gmtoff;
+        gmtime_r(&local, &tm);
+        len = asprintf(&line, "<%d>%s %2d %02d:%02d:%02d %s: %s",
+                       d.slog_facility * 8 + (level >= LOG_ERROR ? 3 : 4), months[tm.tm_mon],
+                       tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, d.slog_tag, text);
+    }
+    if (len < 0) return;
+    (void)!write(d.slog_fd, line, (size_t)len);   /* one write: one line or datagram */
+    free(line);
+}
+
+/* `<rfc3339>: ----- <text> -----\n` in the stdio log, whole (no length limit), and the
+   same text at `level` in the sandbox log (0: not there). */
+static void log_line(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void log_line(int level, const char *fmt, ...) {
+    char stamp[32], *text, *line;
     va_list ap;
     va_start(ap, fmt);
     int ok = vasprintf(&text, fmt, ap) >= 0;
     va_end(ap);
     if (!ok) return;
-    int len = asprintf(&line, "%s: ----- %s -----\n", stamp, text);
+    if (level) sandbox_line(level, text);
+    time_t t = time(NULL);
+    struct tm tm;
+    strftime(stamp, sizeof stamp, "%Y-%m-%dT%H:%M:%SZ", gmtime_r(&t, &tm));
+    int len = d.log_fd < 0 ? -1 : asprintf(&line, "%s: ----- %s -----\n", stamp, text);
     free(text);
     if (len < 0) return;
     write_all(d.log_fd, line, (size_t)len);
@@ -249,6 +289,9 @@ static void fail(const char *fmt, ...) {
     vsnprintf(text, sizeof text, fmt, ap);
     va_end(ap);
     dprintf(2, "knot[%s]: %s\n", d.name, text);
+    char *line;   /* K-43, as service.fatal_message */
+    if (asprintf(&line, "Fatal error running %s: %s", d.quoted_name, text) >= 0)
+        sandbox_line(LOG_ERROR, line);
     _exit(EXIT_SETUP_FAILED);
 }
 
@@ -452,7 +495,7 @@ static int supervise(void) {
     int should_exit = !(d.daemon && d.restart_process_only), got_sigterm = 0;
     for (;;) {
         int owned, out_fd = open_output(&owned);
-        log_line("Starting %s: %s", d.quoted_name, d.command_text);
+        log_line(LOG_WARN, "Starting %s: %s", d.quoted_name, d.command_text);
         long long started = now_ns(), deadline = -1;
         pid_t pid = start_service(out_fd);
         if (owned) close(out_fd);
@@ -461,8 +504,14 @@ static int supervise(void) {
             long long now = now_ns();
             int sig = wait_signal(deadline < 0 ? -1 : deadline > now ? deadline - now : 0);
             if (sig == 0) {   /* STOPPING: kill-timeout passed with the service alive */
-                log_line("Process %s did not respond to SIGTERM in %s, uptime %llds. Killing..",
-                         d.quoted_name, d.kill_timeout_text, (now_ns() - started) / 1000000000);
+                long long uptime_s = (now_ns() - started) / 1000000000;
+                char *text;   /* stdiolog.kill_timeout_message */
+                if (asprintf(&text, "Process %s did not respond to SIGTERM in %ss, uptime %llds. "
+                             "Killing container so hanging process will die.", d.quoted_name,
+                             d.kill_timeout_text, uptime_s) >= 0)
+                    sandbox_line(LOG_ERROR, text);
+                log_line(0, "Process %s did not respond to SIGTERM in %s, uptime %llds. Killing..",
+                         d.quoted_name, d.kill_timeout_text, uptime_s);
                 _exit(EXIT_KILL_TIMEOUT);   /* pid 1 exits: the kernel kills the rest */
             }
             if (sig == SIGINT) {
@@ -482,7 +531,8 @@ static int supervise(void) {
         int exit_code = is_normal(status, got_sigterm) ? EXIT_NORMAL : EXIT_ABNORMAL;
         char text[128];
         status_text(text, sizeof text, status);
-        log_line("Process %s %s, uptime %llds", d.quoted_name, text, uptime_ns / 1000000000);
+        log_line(LOG_ERROR, "Process %s %s, uptime %llds", d.quoted_name, text,
+                 uptime_ns / 1000000000);
         if (d.status_fd >= 0) {   /* lithos_cmd: the raw wait status (service.report_status) */
             char line[16];
             int len = snprintf(line, sizeof line, "%d\n", status);
@@ -528,6 +578,7 @@ int main(int argc, char **argv) {
         bad("does not match --name", "name");
     if (d.log_fd >= 0) fcntl(d.log_fd, F_SETFD, FD_CLOEXEC);   /* never the service's */
     if (d.status_fd >= 0) fcntl(d.status_fd, F_SETFD, FD_CLOEXEC);
+    if (d.slog_fd >= 0) fcntl(d.slog_fd, F_SETFD, FD_CLOEXEC);
     signal(SIGPIPE, SIG_IGN);   /* as in the Python knot: EPIPE, not death */
     return supervise();
 }

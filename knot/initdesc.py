@@ -5,7 +5,8 @@ in decimal, each list as its length then its items, starting with the magic
 `lithos-init/1` and ending with `end`. Everything is decided here, in Python: the
 quoted name and command for the stdio-log lines (protocol.stdiolog's quoting, so
 that both pid 1s write byte-identical lines), the environment, the id maps as the
-text written to /proc/PID/uid_map. init.c only parses and executes it.
+text written to /proc/PID/uid_map, the sandbox log's settings and syslog tag
+(protocol.sandboxlog). init.c only parses and executes it.
 
 Rules: pure (no I/O). decode() is as strict as init.c (any difference is a bug;
 tests/unit/knot/test_initdesc.py feeds both the same malformed input) and raises
@@ -18,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from knot.spec import IdMap, Kind, KnotSpec
+from protocol.sandboxlog import Writer
 from protocol.stdiolog import command_text, rust_quote, seconds_text
 
 MAGIC = "lithos-init/1"
@@ -56,6 +58,12 @@ class InitDescription:
     pid_env_vars: tuple[str, ...]
     tcp_fds: tuple[int, ...]
     net_bind_service: bool = False  # keep CAP_NET_BIND_SERVICE across setuid (K-30)
+    # The sandbox log (protocol.sandboxlog): fd -1 when there is none.
+    sandbox_log_fd: int = -1
+    sandbox_log_level: int = 0    # lines below are not written
+    sandbox_log_facility: int = -1  # -1: the file format; else syslog datagrams
+    sandbox_log_tag: str = ""     # syslog: "<ident>[<host pid>]"
+    sandbox_log_gmtoff: int = 0   # syslog: seconds east of UTC for the time stamp
 
 
 def _map_text(entries: tuple[IdMap, ...]) -> str:
@@ -63,8 +71,8 @@ def _map_text(entries: tuple[IdMap, ...]) -> str:
 
 
 def from_spec(spec: KnotSpec, environ: Mapping[str, str], log_fd: int | None,
-              status_fd: int | None = None) -> InitDescription:
-    """What supervise(spec, environ, log_fd, status_fd) would do, as data for init.c."""
+              status_fd: int | None = None, slog: Writer | None = None) -> InitDescription:
+    """What supervise(spec, environ, log_fd, status_fd, slog) would do, as data for init.c."""
     if spec.interactive:
         output, output_file = "inherit", ""
     elif spec.stdout_stderr_file is not None:
@@ -87,7 +95,13 @@ def from_spec(spec: KnotSpec, environ: Mapping[str, str], log_fd: int | None,
         workdir=spec.workdir, executable=spec.executable, argv=spec.argv,
         environ=tuple(f"{k}={v}" for k, v in environ.items()),
         pid_env_vars=spec.pid_env_vars, tcp_fds=spec.tcp_fds,
-        net_bind_service=spec.net_bind_service)
+        net_bind_service=spec.net_bind_service,
+        sandbox_log_fd=-1 if slog is None else slog.fd,
+        sandbox_log_level=0 if slog is None else slog.log.level,
+        sandbox_log_facility=-1 if slog is None or slog.log.facility is None
+        else slog.log.facility,
+        sandbox_log_tag=f"{slog.log.ident}[{slog.pid}]" if slog and slog.log.syslog else "",
+        sandbox_log_gmtoff=0 if slog is None else slog.log.gmtoff_s)
 
 
 def encode(desc: InitDescription) -> bytes:
@@ -102,7 +116,9 @@ def encode(desc: InitDescription) -> bytes:
             d.uid_map, d.gid_map, d.workdir, d.executable]
     for items in (d.argv, d.environ, d.pid_env_vars):
         out += [str(len(items)), *items]
-    out += [str(len(d.tcp_fds)), *map(str, d.tcp_fds), str(int(d.net_bind_service)), "end"]
+    out += [str(len(d.tcp_fds)), *map(str, d.tcp_fds), str(int(d.net_bind_service))]
+    out += [str(d.sandbox_log_fd), str(d.sandbox_log_level), str(d.sandbox_log_facility),
+            d.sandbox_log_tag, str(d.sandbox_log_gmtoff), "end"]
     for i, text in enumerate(out):
         if "\0" in text:
             raise DescriptionError(f"init description: field {i + 1}: {text!r} contains NUL")
@@ -175,6 +191,11 @@ def decode(data: bytes) -> InitDescription:
     pid_vars = r.texts("pid-env-vars")
     tcp_fds = r.numbers("tcp-fds", 0, 2**31 - 1)
     net_bind_service = bool(r.number("net-bind-service", 0, 1))
+    slog_fd = r.number("sandbox-log-fd", -1, 2**31 - 1)
+    slog_level = r.number("sandbox-log-level", 0, 100)
+    slog_facility = r.number("sandbox-log-facility", -1, 23)
+    slog_tag = r.text("sandbox-log-tag")
+    slog_gmtoff = r.number("sandbox-log-gmtoff", -86400, 86400)
     if r.text("end") != "end":
         raise r.fail("end", "not end")
     if r.pos != len(r.fields) or r.tail:
@@ -189,4 +210,6 @@ def decode(data: bytes) -> InitDescription:
         gid=gid,
         uid_map=uid_map, gid_map=gid_map, workdir=workdir, executable=executable, argv=argv,
         environ=environ, pid_env_vars=pid_vars, tcp_fds=tcp_fds,
-        net_bind_service=net_bind_service)
+        net_bind_service=net_bind_service, sandbox_log_fd=slog_fd,
+        sandbox_log_level=slog_level, sandbox_log_facility=slog_facility,
+        sandbox_log_tag=slog_tag, sandbox_log_gmtoff=slog_gmtoff)

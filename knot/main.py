@@ -2,9 +2,13 @@
 
 Usage (made by knot.spawn, never by hand):
     lithos_knot --name SANDBOX/PROCESS.N --spec-fd N [--log-fd N] [--status-fd N] [--init PATH]
+                [--sandbox-log-fd N --sandbox-log SETTINGS]
 The spec (knot.spec.KnotSpec as JSON) is read from --spec-fd; the stdio log, if
 any, is --log-fd; --status-fd (lithos_cmd) gets the service's wait status
-at each death (knot.service.report_status). The inherited tcp fds already sit at their numbers.
+at each death (knot.service.report_status). --sandbox-log-fd is the sandbox log
+(a file or a syslog socket the spawner opened) and --sandbox-log its settings
+(protocol.sandboxlog.SandboxLog.to_arg): the knot's own lines (K-4, K-12, K-41).
+The inherited tcp fds already sit at their numbers.
 With --init, the native pid 1 (knot/init.c, built by knot.initbin) is opened before
 pivot_root and exec'd by fd after setup instead of running knot.service's loop
 in Python (the same duties, ~0.1 MB instead of ~9 MB per container).
@@ -12,7 +16,8 @@ in Python (the same duties, ~0.1 MB instead of ~9 MB per container).
 Rules (STYLE P7): every setup step goes through step(), which turns an error
 into ONE line on stderr naming the step, the path and the config key, and exits
 EXIT_SETUP_FAILED. No classes with state, no threads, no retries, no logging
-framework. The order is the original's (K-5..K-23, K-50..K-53), except that
+framework (the sandbox log is one os.write per line, like fd 2; see
+service.SANDBOX_LOG). The order is the original's (K-5..K-23, K-50..K-53), except that
 pivot_root happens once, here, before the service is forked (so that
 restart-process-only can fork again: K-45). Everything imported after
 pivot_root must already be loaded: the host's Python library is gone then.
@@ -30,13 +35,16 @@ from typing import NoReturn, TypeVar
 from knot import initdesc, service, setup
 from knot.exitcodes import EXIT_SETUP_FAILED
 from knot.spec import KnotSpec, SpecError
+from protocol import sandboxlog
 
 T = TypeVar("T")
 
 
 def fail(name: str, text: str) -> NoReturn:
-    """One line on stderr, then exit EXIT_SETUP_FAILED."""
+    """One line on stderr (and an error in the sandbox log), then exit EXIT_SETUP_FAILED."""
     os.write(2, f"knot[{name}]: {text}\n".encode(errors="replace"))
+    for writer in service.SANDBOX_LOG:
+        writer.write(sandboxlog.ERROR, service.fatal_message(name, text))
     os._exit(EXIT_SETUP_FAILED)
 
 
@@ -54,17 +62,22 @@ def step(spec: KnotSpec, label: str, key: str, fn: Callable[..., T], *args: obje
     fail(spec.name, f"{label}: {detail}{where}")
 
 
-USAGE = "lithos_knot --name NAME --spec-fd N [--log-fd N] [--status-fd N] [--init PATH]"
+USAGE = ("lithos_knot --name NAME --spec-fd N [--log-fd N] [--status-fd N] [--init PATH] "
+         "[--sandbox-log-fd N --sandbox-log SETTINGS]")
+_FLAGS = ("--name", "--spec-fd", "--log-fd", "--status-fd", "--init", "--sandbox-log-fd",
+          "--sandbox-log")
 
 
 def parse_args(argv: list[str]) -> tuple[str, int, int | None, int | None, str | None]:
     """--name NAME --spec-fd N [--log-fd N] [--status-fd N] [--init PATH]; anything else
-    is a usage error. Returns name, spec fd, log fd, status fd, native init path."""
+    is a usage error. Returns name, spec fd, log fd, status fd, native init path.
+
+    --sandbox-log-fd/--sandbox-log are taken here too: they set service.SANDBOX_LOG.
+    """
     values: dict[str, str] = {}
     it = iter(argv)
     for flag in it:
-        if (flag not in ("--name", "--spec-fd", "--log-fd", "--status-fd", "--init")
-                or flag in values):
+        if flag not in _FLAGS or flag in values:
             fail("?", f"usage: unexpected argument {flag!r} ({USAGE})")
         value = next(it, None)
         if value is None:
@@ -78,7 +91,26 @@ def parse_args(argv: list[str]) -> tuple[str, int, int | None, int | None, str |
         status_fd = int(values["--status-fd"]) if "--status-fd" in values else None
     except ValueError:
         fail(values["--name"], "usage: --spec-fd, --log-fd and --status-fd take fd numbers")
+    _open_sandbox_log(values["--name"], values.get("--sandbox-log-fd"),
+                      values.get("--sandbox-log"))
     return values["--name"], spec_fd, log_fd, status_fd, values.get("--init")
+
+
+def _open_sandbox_log(name: str, fd_text: str | None, settings: str | None) -> None:
+    if (fd_text is None) != (settings is None):
+        fail(name, "usage: --sandbox-log-fd and --sandbox-log go together")
+    if fd_text is None or settings is None:
+        return
+    try:
+        log = sandboxlog.SandboxLog.from_arg(settings)
+        fd = int(fd_text)
+    except ValueError as e:
+        fail(name, f"usage: {e}")
+    try:  # our pid as the host sees it (for syslog): /proc is still the host's here
+        pid = int(os.readlink("/proc/self"))
+    except (OSError, ValueError):
+        pid = os.getpid()
+    service.SANDBOX_LOG.append(sandboxlog.Writer(fd, log, pid))
 
 
 def read_spec(name: str, spec_fd: int) -> KnotSpec:
@@ -153,13 +185,14 @@ def set_fileno_limit(limit: int) -> None:
 
 
 def exec_native_init(spec: KnotSpec, environ: dict[str, str], log_fd: int | None,
-                     status_fd: int | None, init_fd: int) -> None:
+                     status_fd: int | None, init_fd: int,
+                     slog: sandboxlog.Writer | None = None) -> None:
     """Hands pid 1 to knot/init.c: the description on a memfd, then fexecve.
 
     Returns only if the exec failed (one line on stderr; the caller then runs the
     Python pid 1, which does the same).
     """
-    data = initdesc.encode(initdesc.from_spec(spec, environ, log_fd, status_fd))
+    data = initdesc.encode(initdesc.from_spec(spec, environ, log_fd, status_fd, slog))
     desc_fd = os.memfd_create("lithos-init", 0)  # inherited by init.c, which closes it
     try:
         view = memoryview(data)
@@ -184,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     name, spec_fd, log_fd, status_fd, init_path = parse_args(
         sys.argv[1:] if argv is None else argv)
     spec = read_spec(name, spec_fd)
+    for writer in service.SANDBOX_LOG:
+        writer.write(sandboxlog.INFO, f"[{spec.name}] Starting container")  # K-12
     init_fd = None  # opened now: after pivot_root the host's paths are gone
     if init_path is not None:
         init_fd = step(spec, "open native init", "", os.open, init_path,
@@ -213,5 +248,6 @@ def main(argv: list[str] | None = None) -> int:
     step(spec, "set limits", "fileno-limit", set_fileno_limit, spec.fileno_limit)
     step(spec, "pivot_root", "image", setup.pivot, mnt)
     if init_fd is not None:
-        exec_native_init(spec, environ, log_fd, status_fd, init_fd)
+        slog = service.SANDBOX_LOG[0] if service.SANDBOX_LOG else None
+        exec_native_init(spec, environ, log_fd, status_fd, init_fd, slog)
     return service.supervise(spec, environ, log_fd, status_fd)

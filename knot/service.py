@@ -10,8 +10,10 @@ knot's whole life (the spawner blocked them before exec, so none is lost during
 setup, K-40) and are taken with sigwaitinfo/sigtimedwait; the only timeouts are
 the kill-timeout deadline and the restart-timeout wait. Runs after pivot_root:
 everything it needs must be imported before (this module imports only builtin
-or already-loaded modules). It never logs: lines go to the stdio log fd, worded
-by protocol.stdiolog (byte-identical to the native pid 1's, knot/init.c).
+or already-loaded modules). It never logs through `logging`: the start and death
+lines go to the stdio log fd, worded by protocol.stdiolog, and the same messages
+to the sandbox log (protocol.sandboxlog, at warn and error as the original), both
+byte-identical to the native pid 1's (knot/init.c).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from datetime import UTC, datetime
 from knot import caps, linux
 from knot.exitcodes import EXIT_ABNORMAL, EXIT_KILL_TIMEOUT, EXIT_NORMAL, EXIT_SETUP_FAILED
 from knot.spec import IdMap, Kind, KnotSpec
-from protocol import stdiolog
+from protocol import sandboxlog, stdiolog
 
 WAITED_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGCHLD})
 
@@ -53,8 +55,24 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+# The sandbox log, once knot.main has read its arguments: like fd 2, one per process,
+# set once before the first setup step and only written to (os.write) after that.
+SANDBOX_LOG: list[sandboxlog.Writer] = []
+
+
+def _slog(levelno: int, message: str) -> None:
+    for writer in SANDBOX_LOG:
+        writer.write(levelno, message)
+
+
+def fatal_message(name: str, text: str) -> str:
+    """K-43: `Fatal error running "<name>": <e>`, the sandbox log's line for a knot failure."""
+    return f"Fatal error running {stdiolog.rust_quote(name)}: {text}"
+
+
 def _fail(spec: KnotSpec, text: str) -> None:
     os.write(2, f"knot[{spec.name}]: {text}\n".encode())
+    _slog(sandboxlog.ERROR, fatal_message(spec.name, text))
     os._exit(EXIT_SETUP_FAILED)
 
 
@@ -220,6 +238,7 @@ def supervise(spec: KnotSpec, environ: Mapping[str, str], log_fd: int | None,
     cmd = [spec.executable, *spec.argv[1:]]
     while True:
         out_fd, owned = _open_output(spec, log_fd)
+        _slog(sandboxlog.WARN, stdiolog.starting_message(spec.name, cmd))
         _log(log_fd, stdiolog.start_line(spec.name, cmd, _now()))
         started = time.monotonic()
         pid = start_service(spec, environ, out_fd)
@@ -231,6 +250,8 @@ def supervise(spec: KnotSpec, environ: Mapping[str, str], log_fd: int | None,
             signo = _wait(None if deadline is None else deadline - time.monotonic())
             if signo is None:  # STOPPING: kill-timeout passed with the service alive
                 uptime = time.monotonic() - started
+                _slog(sandboxlog.ERROR,
+                      stdiolog.kill_timeout_message(spec.name, spec.kill_timeout_s, uptime))
                 _log(log_fd, stdiolog.kill_timeout_line(spec.name, spec.kill_timeout_s, uptime,
                                                         _now()))
                 os._exit(EXIT_KILL_TIMEOUT)  # pid 1 exits: the kernel kills the rest
@@ -249,6 +270,8 @@ def supervise(spec: KnotSpec, environ: Mapping[str, str], log_fd: int | None,
         uptime = time.monotonic() - started
         normal = is_normal(spec, status, got_sigterm)
         exit_code = EXIT_NORMAL if normal else EXIT_ABNORMAL
+        _slog(sandboxlog.ERROR,
+              stdiolog.death_message(spec.name, stdiolog.status_text_of(status), uptime))
         _log(log_fd, stdiolog.death_line(spec.name, stdiolog.status_text_of(status), uptime,
                                          _now()))
         report_status(status_fd, status)

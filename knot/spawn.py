@@ -114,7 +114,8 @@ def spawn_knot(spec: KnotSpec, *, inherited_fds: Mapping[int, int], stdin: int, 
                stderr: int, stdio_log: int | None = None, pdeathsig: bool = True,
                status_fd: int | None = None,
                native_init: str | os.PathLike[str] | None = AUTO,
-               netns_fd: int | None = None) -> int:
+               netns_fd: int | None = None,
+               sandbox_log: tuple[int, str] | None = None) -> int:
     """Forks and execs the knot for `spec`; returns its pid as the caller sees it.
 
     inherited_fds maps the fd number the service must see (spec.tcp_fds) to the
@@ -132,6 +133,8 @@ def spawn_knot(spec: KnotSpec, *, inherited_fds: Mapping[int, int], stdin: int, 
     be built, unless LITHOS_KNOT_INIT=python).
     netns_fd: a network namespace (bridged sandboxes, broker/netstart.py) the knot
     joins before anything else; None keeps the caller's. The knot never gets the fd.
+    sandbox_log: (fd, settings) of the sandbox log (protocol.sandboxlog): the fd
+    the spawner opened and SandboxLog.to_arg(); the knot's own lines go there.
     Raises: ValueError if inherited_fds does not match spec.tcp_fds; OSError.
     """
     if sorted(inherited_fds) != sorted(spec.tcp_fds):
@@ -150,6 +153,10 @@ def spawn_knot(spec: KnotSpec, *, inherited_fds: Mapping[int, int], stdin: int, 
         if status_fd is not None and status_no is not None:
             fds[status_no] = status_fd
         argv = knot_argv(spec.name, spec_no, log_no, status_no)
+        if sandbox_log is not None:  # the sandbox log (protocol.sandboxlog)
+            slog_no = max(fds) + 1
+            fds[slog_no] = sandbox_log[0]
+            argv += ["--sandbox-log-fd", str(slog_no), "--sandbox-log", sandbox_log[1]]
         if native_init == AUTO:
             native_init = initbin.choose()
         if native_init is not None:

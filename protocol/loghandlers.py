@@ -17,7 +17,7 @@ Rules:
   SIGHUP-like events). copytruncate needs neither: O_APPEND writes at the new end.
 - Syslog never blocks the daemon: a non-blocking datagram socket; EAGAIN drops the
   record and counts it; a vanished syslog daemon is reconnected on the next record.
-Imports nothing of ours.
+Imports only protocol.sandboxlog of ours (the line formats shared with the knot).
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from protocol import sandboxlog
 
 # The original created its logs 0666 & ~umask (0644 with the usual umask); operators'
 # `tail` as a non-root user keeps working. To restrict, restrict the directory (0750).
@@ -204,28 +206,12 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
-# Level number -> syslog severity (RFC 5424 table 2). TRACE (5) maps like DEBUG.
-_SEVERITIES = ((logging.ERROR, 3), (logging.WARNING, 4), (logging.INFO, 6))
-_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun",
-           "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
-
-
-def syslog_severity(levelno: int) -> int:
-    """err (3), warning (4), info (6), else debug (7)."""
-    for threshold, severity in _SEVERITIES:
-        if levelno >= threshold:
-            return severity
-    return 7
-
-
 def syslog_datagram(facility: int, levelno: int, ident: str, pid: int,
                     created: float, message: str) -> bytes:
     """`<PRI>Mmm dd hh:mm:ss ident[pid]: message`, the local format of syslog(3)."""
-    priority = facility * 8 + syslog_severity(levelno)
-    tm = time.localtime(created)  # syslog(3) stamps local time; the daemon may restamp
-    stamp = f"{_MONTHS[tm.tm_mon - 1]} {tm.tm_mday:2d} {tm.tm_hour:02d}:{tm.tm_min:02d}:" \
-            f"{tm.tm_sec:02d}"
-    return f"<{priority}>{stamp} {ident}[{pid}]: {message}".encode("utf-8", "backslashreplace")
+    # syslog(3) stamps local time; the daemon may restamp.
+    gmtoff = time.localtime(created).tm_gmtoff
+    return sandboxlog.syslog_datagram(facility, levelno, ident, pid, created, gmtoff, message)
 
 
 class SyslogHandler(QuietHandler):
@@ -245,8 +231,10 @@ class SyslogHandler(QuietHandler):
             message = self.format(record)
         except Exception:
             return
-        data = syslog_datagram(self.facility, record.levelno, self.ident, os.getpid(),
-                               record.created, message)
+        pid = getattr(record, "lithos_pid", None)  # a relayed supervisor line's own pid
+        data = syslog_datagram(self.facility, record.levelno, self.ident,
+                               pid if isinstance(pid, int) else os.getpid(), record.created,
+                               message)
         try:
             if self.sock is None:
                 self.sock = self._connect()

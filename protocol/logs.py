@@ -14,14 +14,13 @@ Rules:
 - Takes plain values (paths, strings, levels), never config objects, so the tree,
   the knot, lithos_cmd and lithos_check can all call it.
 The handlers (and their failure rules) live in protocol/loghandlers.py. Imports
-nothing of ours but that.
+nothing of ours but that and protocol.sandboxlog (the knot's half of the same format).
 """
 
 from __future__ import annotations
 
 import enum
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +31,8 @@ from protocol.loghandlers import (
     SyslogHandler,
     write_stderr,
 )
+from protocol.sandboxlog import level_name, rfc3339_seconds
+from protocol.sandboxlog import syslog_address as default_syslog_address
 
 TRACE = 5
 """Level number of `trace`, below logging.DEBUG (10)."""
@@ -68,19 +69,6 @@ def resolve_level(cli: str | None, sandbox: str | None, master: str | None) -> i
     return DEFAULT_LEVEL
 
 
-def level_name(levelno: int) -> str:
-    """The upper-case name lithos prints: ERROR, WARN, INFO, DEBUG, TRACE."""
-    if levelno >= logging.ERROR:
-        return "ERROR"
-    if levelno >= logging.WARNING:
-        return "WARN"
-    if levelno >= logging.INFO:
-        return "INFO"
-    if levelno >= logging.DEBUG:
-        return "DEBUG"
-    return "TRACE"
-
-
 def level_arg(levelno: int) -> str:
     """`--log-level=WARN`: the flag the tree passes on to its knots (T-42)."""
     return f"--log-level={level_name(levelno)}"
@@ -113,11 +101,6 @@ def sandbox_log_path(default_log_dir: Path, sandbox: str, log_file: Path | None)
     return log_path(default_log_dir, log_file if log_file is not None else Path(f"{sandbox}.log"))
 
 
-def rfc3339_seconds(created: float) -> str:
-    """`2026-11-28T11:00:00Z` for a time.time() value (fractions are cut, not rounded)."""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(created)))
-
-
 def _one_line(text: str) -> str:
     return text.replace("\r", "\\r").replace("\n", "\\n")
 
@@ -126,9 +109,14 @@ class LineFormatter(logging.Formatter):
     """T-41: `[ts][LEVEL] msg`, and `[ts][DEBUG]<module>:<line>: msg` below INFO.
 
     `<module>` is the logger name, which P12 makes the dotted module (`__name__`).
+    A record with a `lithos_line` (a line the supervisor formatted, relayed by the
+    broker: broker/logrelay.py) is written as it is.
     """
 
     def format(self, record: logging.LogRecord) -> str:
+        relayed = getattr(record, "lithos_line", None)
+        if isinstance(relayed, str):
+            return relayed
         message = record.getMessage()
         if record.exc_info:
             message = f"{message}\n{self.formatException(record.exc_info)}"
@@ -145,7 +133,8 @@ class SyslogFormatter(logging.Formatter):
         message = record.getMessage()
         if record.exc_info:
             message = f"{message}\n{self.formatException(record.exc_info)}"
-        if record.levelno < logging.INFO:
+        # A relayed supervisor line (broker/logrelay.py) already names its module.
+        if record.levelno < logging.INFO and not hasattr(record, "lithos_line"):
             message = f"{record.name}:{record.lineno}: {message}"
         return _one_line(message)
 
@@ -196,11 +185,13 @@ class LogTarget:
 
 def setup_logging(*, log_file: Path | None, level: int, log_stderr: bool,
                   syslog_facility: str | None, syslog_ident: str,
-                  syslog_address: str = "/dev/log",
+                  syslog_address: str | None = None,
                   logger: logging.Logger | None = None) -> LogTarget:
     """Send `logger`'s records (the root logger by default) to syslog or to `log_file`.
 
-    `level` is the resolved number (see `resolve_level`). Syslog is used when
+    `level` is the resolved number (see `resolve_level`). `syslog_address` defaults to
+    `/dev/log`, or `$LITHOS_SYSLOG_SOCKET` (protocol.sandboxlog.syslog_address, for
+    tests: they bind their own socket). Syslog is used when
     `syslog_facility` parses; otherwise the file, plus a stderr copy if `log_stderr`;
     with no file either, stderr alone. Handlers a previous call added stay: call
     `LogTarget.close()` first. Never raises for a bad path: it is reported on stderr
@@ -217,7 +208,8 @@ def setup_logging(*, log_file: Path | None, level: int, log_stderr: bool,
     handlers: list[QuietHandler] = []
     if facility is not None:
         mode = LogMode.SYSLOG
-        syslog = SyslogHandler(facility=facility, ident=syslog_ident, address=syslog_address)
+        address = syslog_address if syslog_address is not None else default_syslog_address()
+        syslog = SyslogHandler(facility=facility, ident=syslog_ident, address=address)
         syslog.setFormatter(SyslogFormatter())
         handlers.append(syslog)
     else:

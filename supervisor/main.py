@@ -240,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"supervisor: Fatal error: {e}", file=sys.stderr)
         return 1
     level = resolve_level(args.log_level, None, master.log_level.value)
-    # The broker hands us its log as stderr: we may not open root's files.
+    # Our stderr is a pipe the broker relays into its own log (broker/logrelay.py):
+    # we may not open root's files, and its handlers know rotation and syslog.
     setup_logging(log_file=None, level=level, log_stderr=True, syslog_facility=None,
                   syslog_ident=master.syslog_app_name)  # fmt: skip
     channel = Channel.from_fileno(args.fd)

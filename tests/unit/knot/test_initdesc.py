@@ -78,6 +78,22 @@ def test_round_trip(name: str, argv: list[str], env: dict[str, str], codes: list
     assert initdesc.decode(initdesc.encode(d)) == d
 
 
+def test_sandbox_log_settings_travel_to_init_c() -> None:
+    """protocol.sandboxlog: the fd, the level, and for syslog the tag with the host pid."""
+    from protocol.sandboxlog import SandboxLog, Writer
+
+    plain = initdesc.from_spec(SPEC, {}, 9)
+    assert (plain.sandbox_log_fd, plain.sandbox_log_facility, plain.sandbox_log_tag) == \
+        (-1, -1, "")
+    d = initdesc.from_spec(SPEC, {}, 9, None, Writer(11, SandboxLog(20, 19, "lithos-web",
+                                                                    3600), 4121))
+    assert (d.sandbox_log_fd, d.sandbox_log_level, d.sandbox_log_facility) == (11, 20, 19)
+    assert (d.sandbox_log_tag, d.sandbox_log_gmtoff) == ("lithos-web[4121]", 3600)
+    assert initdesc.decode(initdesc.encode(d)) == d
+    f = initdesc.from_spec(SPEC, {}, 9, None, Writer(11, SandboxLog(30), 4121))
+    assert (f.sandbox_log_facility, f.sandbox_log_tag) == (-1, "")
+
+
 def test_nul_inside_a_string_is_refused_at_encoding() -> None:
     d = initdesc.from_spec(SPEC, {}, None)
     with pytest.raises(DescriptionError, match="contains NUL"):
@@ -113,6 +129,8 @@ MALFORMED = {
     "bad output": _replace_field(15, b"syslog"),
     "file without path": _replace_field(15, b"file"),
     "list too long": _replace_field(10, b"70000"),
+    "bad sandbox log facility": _replace_field(-5, b"24"),
+    "bad sandbox log offset": _replace_field(-3, b"90000"),
 }
 
 
@@ -171,10 +189,10 @@ def test_python_and_c_agree_on_every_field_number(init_binary: Path) -> None:
 
 
 def test_net_bind_service_travels_to_init() -> None:
-    """K-30: a bridged spec's CAP_NET_BIND_SERVICE flag is the field before `end`."""
+    """K-30: a bridged spec's CAP_NET_BIND_SERVICE flag follows the tcp fds."""
     for flag in (False, True):
         d = initdesc.from_spec(dataclasses.replace(SPEC, net_bind_service=flag), {}, 9)
         assert d.net_bind_service is flag
         data = initdesc.encode(d)
-        assert data.endswith(f"\0{int(flag)}\0end\0".encode())
+        assert f"\0{int(flag)}\0-1\0".encode() in data  # then the (absent) sandbox log
         assert initdesc.decode(data) == d

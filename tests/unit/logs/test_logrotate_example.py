@@ -68,3 +68,22 @@ def test_master_log_renamed_and_reopened_by_lithos(rotate) -> None:
     assert (root / "master.log.1").read_text().endswith("] before\n")
     assert (root / "master.log").read_text().endswith("] after\n")
     assert "before" not in (root / "master.log").read_text()
+
+
+def test_sandbox_log_copytruncate_keeps_the_knots_fd(rotate) -> None:
+    """A knot holds its sandbox log for its whole life (protocol.sandboxlog): the
+    example truncates it in place, and O_APPEND writes land at the new end."""
+    from protocol.sandboxlog import WARN, SandboxLog, Writer, open_sandbox_log
+
+    root, run = rotate
+    fd = open_sandbox_log(root / "web.log", SandboxLog(WARN))
+    writer = Writer(fd, SandboxLog(WARN), 1)
+    try:
+        writer.write(WARN, "before")
+        run()
+        writer.write(WARN, "after")
+    finally:
+        os.close(fd)
+    assert (root / "web.log.1").read_text().endswith("][WARN] before\n")
+    assert (root / "web.log").read_text().endswith("][WARN] after\n")
+    assert not (root / "web.log").read_bytes().startswith(b"\0")
