@@ -37,6 +37,7 @@ from broker.policy import parse_instance, plan_start
 from broker.ports import PortTable
 from broker.reclaim import reclaim
 from broker.reexec import exec_self
+from protocol import failpoints
 from protocol import messages as m
 from protocol.channel import Channel
 from protocol.config import ConfigError, process_config_log_json
@@ -160,6 +161,8 @@ class Broker:
     def start(self, cgroups: CgroupLayout | None) -> None:
         """Recovers children, opens the control socket, starts the supervisor."""
         self.cgroups = cgroups
+        if self.resumed:
+            failpoints.hit("broker.reexec.after_exec")
         for child in self.children.recover():
             log.info("%s: recovered (pid %d)", child.instance, child.pid)
             self._watch_orphan(child)
@@ -493,7 +496,9 @@ class Broker:
             raise Denied(DenyCode.FINGERPRINT_MISMATCH, f"{msg.instance}: the configs on disk "
                          f"give fingerprint {expected}, not {msg.fingerprint}")  # fmt: skip
         child = starter.start(plan, expected, self.ports, self.cgroups)
+        failpoints.hit("broker.start.after_spawn")
         self.children.add(child)
+        failpoints.hit("broker.start.after_record")
         self.history.setdefault(msg.instance, History()).starts += 1
         log.info("Forked %s (pid: %d)", msg.instance, child.pid)
         return m.StartInstanceOk(msg.instance, Pid(child.pid), child.started_at,
@@ -626,10 +631,15 @@ class Broker:
         core: bool,
         rusage: ResourceUsage | None,
     ) -> None:
-        child = self.children.remove(pid)
+        child = self.children.by_pid(pid)
         if child is None:
             return
+        failpoints.hit("broker.reap.after_wait")
+        # What it leaves goes before its record: a crash in between finds the
+        # record again, and the next broker cleans up (E-30: no stale state dir).
         starter.clean_up(child, self.ports, self.cgroups)
+        failpoints.hit("broker.reap.after_cleanup")
+        self.children.remove(pid)
         run_time = max(0.0, time.monotonic() - child.started_mono)
         status = f"exited with code {exit_code}" if signum is None else \
             f"killed by signal {signal.Signals(signum).name}"  # fmt: skip
@@ -639,6 +649,7 @@ class Broker:
         )
         event = m.InstanceExited(child.instance, Pid(pid), exit_code, signum, core,
                                  rusage or ResourceUsage(0.0, 0.0, 0), run_time)  # fmt: skip
+        failpoints.hit("broker.reap.before_report")
         sup = self.supervisor
         if sup is not None and sup.phase is Phase.READY and not self.pending:
             try:
@@ -681,6 +692,7 @@ class Broker:
         # (SIGQUIT's is to dump core). start() unblocks them.
         signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
         self.loop.close()
+        failpoints.hit("broker.reexec.before_exec")
         try:
             exec_self(state, keep_fds=[])
         except OSError as e:  # pragma: no cover - exec of our own interpreter failed

@@ -21,6 +21,7 @@ from broker.children import Child, new_child
 from broker.policy import StartPlan
 from broker.ports import PortError, PortTable, SocketSettings
 from knot.spawn import spawn_knot
+from protocol import failpoints
 from protocol.errors import Denied
 from protocol.records import DenyCode
 from protocol.stdiolog import StdioLogError, open_stdio_log
@@ -50,9 +51,11 @@ def start(
             s = req.settings
             settings = SocketSettings(s.reuse_addr, s.reuse_port, s.set_non_block, s.listen_backlog)
             fds[req.fd] = ports.acquire(name, req.host, req.port, settings)
+        failpoints.hit("broker.start.after_sockets")
         if cgroups is not None and plan.cgroup is not None:
             group = cgroups.create(plan.cgroup)
             group.set_limits(plan.memory_limit, plan.cpu_shares)
+        failpoints.hit("broker.start.after_cgroup")
         log_fd = open_stdio_log(plan.stdio_log.parent, plan.stdio_log.stem)
         plan.state_dir.mkdir(parents=True, exist_ok=True)
         null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
