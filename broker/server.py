@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from broker import starter
-from broker.cgroups import CgroupLayout
-from broker.children import Child, Children
+from broker.cgroups import CgroupError, CgroupLayout
+from broker.children import Child, Children, new_child
 from broker.configs import ConfigCache
 from broker.daemon import Account, spawn_supervisor
 from broker.notify import sd_notify
@@ -166,12 +166,19 @@ class Broker:
         for child in self.children.recover():
             log.info("%s: recovered (pid %d)", child.instance, child.pid)
             self._watch_orphan(child)
+        for child in self.children.found:
+            if cgroups is not None and child.cgroup is not None:
+                try:
+                    cgroups.handle(child.cgroup).add(child.pid)
+                except CgroupError as e:
+                    log.error("%s: joining cgroup %s: %s", child.instance, child.cgroup, e)
         # Knots that died while no broker ran (it was SIGKILLed): their exit
         # status is lost for good, but their cgroup and state dir are not left.
         for child in self.children.gone:
             if self.children.by_name(child.instance) is None:
-                log.warning("%s: pid %d exited while lithos_tree was down; cleaning up",
-                            child.instance, child.pid)  # fmt: skip
+                if child.pid > 0:  # (-1: a start cut short, logged by recover())
+                    log.warning("%s: pid %d exited while lithos_tree was down; cleaning up",
+                                child.instance, child.pid)  # fmt: skip
                 starter.clean_up(child, self.ports, cgroups)
         self.children.gone.clear()
         if not self.resumed:
@@ -495,7 +502,15 @@ class Broker:
         if expected != msg.fingerprint:
             raise Denied(DenyCode.FINGERPRINT_MISMATCH, f"{msg.instance}: the configs on disk "
                          f"give fingerprint {expected}, not {msg.fingerprint}")  # fmt: skip
-        child = starter.start(plan, expected, self.ports, self.cgroups)
+        addresses = [(req.host, req.port) for req in plan.ports]
+        intent = new_child(msg.instance, -1, expected, plan.cgroup, addresses)
+        intent.state_dir, intent.kill_timeout_s = str(plan.state_dir), plan.spec.kill_timeout_s
+        self.children.intend(intent)  # a crash before add() leaves the knot findable
+        try:
+            child = starter.start(plan, expected, self.ports, self.cgroups)
+        except BaseException:
+            self.children.abandon(msg.instance)
+            raise
         failpoints.hit("broker.start.after_spawn")
         self.children.add(child)
         failpoints.hit("broker.start.after_record")
