@@ -103,3 +103,19 @@ def test_every_point_is_placed_once_and_documented() -> None:
     doc = (REPO / "docs" / "reliability.md").read_text()
     for name in failpoints.POINTS:
         assert f"`{name}`" in doc, name
+
+
+@pytest.mark.parametrize(
+    ("argv", "prefix"),
+    [
+        (["-m", "broker.main", "-C", "/nonexistent/master.yaml"], "Fatal error: "),
+        (["-m", "supervisor", "--config", "/nonexistent", "--fd", "0"],
+         "supervisor: Fatal error: "),
+    ],
+)
+def test_lithos_tree_and_supervisor_refuse_a_bad_value(argv: list[str], prefix: str) -> None:
+    done = subprocess.run([sys.executable, *argv], cwd=REPO, capture_output=True, text=True,
+                          env={failpoints.ENV: "broker.start.after_spawn=crash"}, check=False)
+    assert done.returncode == 1
+    assert done.stderr == (f"{prefix}LITHOS_FAILPOINTS: 'broker.start.after_spawn=crash': "
+                           "action 'crash' is not one of kill, exit\n")  # fmt: skip
