@@ -204,3 +204,35 @@ def test_crash_at_failpoint_recovers(chaos_tree: Lithos, monkeypatch, point: str
         died = index_of(lt, r"supervisor killed by signal SIGKILL", mark)
         lt.wait_for(r"supervisor ready:", 60.0, died)
     tree.check(before, victim, inode)
+
+
+def test_count_carries_across_reexec_and_a_fired_point_is_not_rearmed(
+    chaos_tree: Lithos, monkeypatch
+) -> None:
+    """`after_exec=kill@2`: the first re-exec'd image counts one hit and lives, the
+    second dies; the supervisors it started were not armed (their points went to the
+    first one only)."""
+    lt, tree = chaos_tree, Tree(chaos_tree)
+    monkeypatch.setenv(failpoints.ENV, "broker.reexec.after_exec=kill@2,"
+                       "supervisor.exit.before_restart=kill@2")  # fmt: skip
+    lt.start()
+    monkeypatch.delenv(failpoints.ENV)
+    before = tree.wait_running()
+    mark = lt.mark()
+    os.kill(lt.pid, signal.SIGQUIT)
+    lt.wait_for(r"lithos_tree started \(pid \d+, re-exec\)", 60.0, mark)
+    lt.wait_for(r"supervisor ready:", 60.0, mark)
+    # This supervisor is not armed: two exits, two restarts, no supervisor death.
+    for _ in range(2):
+        step = lt.mark()
+        os.kill(tree.service(lt.running()[tree.names[1]]), signal.SIGKILL)
+        lt.wait_for(rf"{re.escape(tree.names[1])}: STARTING -> RUNNING", 60.0, step)
+        tree.service_up(tree.names[1], lt.running()[tree.names[1]])
+    assert lt.count(r"supervisor (killed|exited)|failpoint", mark) == 0
+    assert lt.running()[tree.names[0]] == before[tree.names[0]]
+    mark = lt.mark()
+    os.kill(lt.pid, signal.SIGQUIT)
+    lt.wait_for(r"failpoint broker.reexec.after_exec: kill", 60.0, mark)
+    assert lt.proc is not None and lt.proc.wait(60) == -signal.SIGKILL
+    lt.start()
+    tree.check({tree.names[0]: before[tree.names[0]]}, tree.names[1], None)
