@@ -149,7 +149,10 @@ class Tree:
         assert len(inodes) == 1, f"services hold different sockets: {inodes}"
         if inode is not None:
             assert inodes == {inode}, f"socket {inode} was closed; now {inodes}"
-        held = {os.readlink(f"/proc/{lt.pid}/fd/{fd}") for fd in os.listdir(f"/proc/{lt.pid}/fd")}
+        held = set()
+        for fd in os.listdir(f"/proc/{lt.pid}/fd"):
+            with contextlib.suppress(FileNotFoundError):  # a control connection closing
+                held.add(os.readlink(f"/proc/{lt.pid}/fd/{fd}"))
         assert f"socket:[{inodes.pop()}]" in held, "lithos_tree does not hold the socket"
         with socket.create_connection(("127.0.0.1", self.port), timeout=10):
             pass
