@@ -8,6 +8,10 @@ again after a re-exec (they are still its children) or after it was killed
 - A record is trusted only when /proc/<pid> still shows a knot with that
   instance name and the same start time (pid reuse is detected, not guessed).
 - Only the broker writes here; it never decides when to start or stop.
+- A start writes the record before the fork, with pid -1 (`intend`), and again
+  with the pid after it (`add`): a broker killed in between leaves a record that
+  names the knot it may have forked; the next one finds that knot in /proc by its
+  --name (and, with cgroups, by being under this tree's cgroup-name) and adopts it.
 """
 
 from __future__ import annotations
@@ -116,6 +120,9 @@ class Children:
         # Records `recover()` found dead: what they left (cgroup, state dir) is
         # the caller's to clean up.
         self.gone: list[Child] = []
+        # Knots a killed broker forked but did not record (found from `intend`'s
+        # record): maybe not yet in their cgroup.
+        self.found: list[Child] = []
 
     def __len__(self) -> int:
         return len(self._by_pid)
@@ -133,6 +140,18 @@ class Children:
         """Remembers a new knot and writes its record (atomically)."""
         self._by_pid[child.pid] = child
         self._by_name[child.instance] = child
+        self._write(child)
+
+    def intend(self, child: Child) -> None:
+        """Writes the record of a knot about to be forked (its pid is -1 until `add`)."""
+        self._write(child)
+
+    def abandon(self, instance: str) -> None:
+        """Deletes the record `intend` wrote: the start failed, nothing was forked."""
+        with contextlib.suppress(FileNotFoundError):
+            (self.records_dir / f"{record_name(instance)}.json").unlink()
+
+    def _write(self, child: Child) -> None:
         path = self.records_dir / f"{record_name(child.instance)}.json"
         tmp = path.with_suffix(".tmp")
         tmp.write_text(child.to_json())
@@ -169,6 +188,17 @@ class Children:
                 log.warning("%s: unreadable child record (%s), deleting", path, e)
                 path.unlink(missing_ok=True)
                 continue
+            if child.pid < 0:
+                if not self._find_forked(child):
+                    log.warning("%s: a start was cut short before its knot ran; cleaning up",
+                                child.instance)  # fmt: skip
+                    path.unlink(missing_ok=True)
+                    self.gone.append(child)
+                    continue
+                log.warning("%s: knot pid %d was forked but not recorded; adopting it",
+                            child.instance, child.pid)  # fmt: skip
+                self._write(child)
+                self.found.append(child)
             same = proc_start_ticks(child.pid) == child.start_ticks
             # A knot that died during our exec is our zombie: its cmdline is
             # empty, but it is still ours to reap (with its real exit status).
@@ -193,6 +223,39 @@ class Children:
         for tmp in self.records_dir.glob("*.tmp"):
             tmp.unlink(missing_ok=True)
         return recovered
+
+    def _find_forked(self, child: Child) -> bool:
+        """Fills in pid and start ticks of the one knot `intend`ed for `child`, if it runs.
+
+        A knot's own fork (before its service's exec) shows the same --name: a
+        process whose parent is a knot of that name is not counted. With cgroups,
+        the knot must be under this tree's cgroup-name (another tree may run an
+        instance of the same name).
+        """
+        top = f"/{child.cgroup.split('/', 1)[0]}/" if child.cgroup else None
+        found = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit() or proc_knot_name(int(entry)) != child.instance:
+                continue
+            pid = int(entry)
+            parent = proc_ppid(pid)
+            if parent is not None and proc_knot_name(parent) == child.instance:
+                continue
+            if top is not None:
+                try:
+                    with open(f"/proc/{pid}/cgroup") as f:
+                        if top not in f.read():
+                            continue
+                except OSError:
+                    continue
+            found.append(pid)
+        if len(found) != 1:
+            return False
+        ticks = proc_start_ticks(found[0])
+        if ticks is None:
+            return False
+        child.pid, child.start_ticks = found[0], ticks
+        return True
 
 
 def new_child(

@@ -18,6 +18,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from protocol import failpoints
 from protocol.config import MasterConfig
 
 PR_SET_CHILD_SUBREAPER = 36
@@ -149,6 +150,8 @@ def spawn_supervisor(
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
     if "PYTHONPATH" in os.environ:
         env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    if armed := failpoints.hand_over("supervisor."):  # this supervisor only: no crash loop
+        env[failpoints.ENV] = armed
     cwd = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     pid = os.fork()
     if pid == 0:  # child: nothing but fd and signal set-up until exec

@@ -27,6 +27,7 @@ from broker.daemon import (
     write_pid_file,
 )
 from broker.server import Broker, Options
+from protocol import failpoints
 from protocol.config import ConfigError, load_master
 from protocol.logs import parse_level, resolve_level, setup_logging
 
@@ -51,6 +52,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     resume = reexec.take_resume_state()
+    try:
+        failpoints.arm_from_environ()
+    except failpoints.FailpointError as e:
+        print(f"Fatal error: {e}", file=sys.stderr)
+        return 1
     try:
         master = load_master(args.config)
     except ConfigError as e:

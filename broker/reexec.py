@@ -19,6 +19,8 @@ import os
 import sys
 from typing import Any, NoReturn
 
+from protocol import failpoints
+
 log = logging.getLogger(__name__)
 
 RESUME_ENV = "LITHOS_RESUME_FD"
@@ -37,6 +39,8 @@ def exec_self(state: dict[str, Any], keep_fds: list[int]) -> NoReturn:
         os.set_inheritable(kept, True)
     env = dict(os.environ)
     env[RESUME_ENV] = str(fd)
+    if armed := failpoints.pending("broker."):  # fired ones are not armed again
+        env[failpoints.ENV] = armed
     # sys.orig_argv is the interpreter's own argv: [python, script-or--m, args...]
     argv = [sys.executable, *sys.orig_argv[1:]]
     os.execve(sys.executable, argv, env)

@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from broker import starter
-from broker.cgroups import CgroupLayout, instance_group
-from broker.children import Child, Children
+from broker.cgroups import CgroupError, CgroupLayout, instance_group
+from broker.children import Child, Children, new_child
 from broker.configs import ConfigCache
 from broker.daemon import Account, spawn_supervisor
 from broker.logrelay import LogRelay
@@ -40,6 +40,7 @@ from broker.reclaim import reclaim
 from broker.reexec import exec_self
 from broker.sandboxlogs import SandboxLogs
 from broker.status import History, status_tree
+from protocol import failpoints
 from protocol import messages as m
 from protocol.channel import Channel
 from protocol.config import ConfigError, process_config_log_json
@@ -155,15 +156,24 @@ class Broker:
     def start(self, cgroups: CgroupLayout | None) -> None:
         """Recovers children, opens the control socket, starts the supervisor."""
         self.cgroups = cgroups
+        if self.resumed:
+            failpoints.hit("broker.reexec.after_exec")
         for child in self.children.recover():
             log.info("%s: recovered (pid %d)", child.instance, child.pid)
             self._watch_orphan(child)
+        for child in self.children.found:
+            if cgroups is not None and child.cgroup is not None:
+                try:
+                    cgroups.handle(child.cgroup).add(child.pid)
+                except CgroupError as e:
+                    log.error("%s: joining cgroup %s: %s", child.instance, child.cgroup, e)
         # Knots that died while no broker ran (it was SIGKILLed): their exit
         # status is lost for good, but their cgroup and state dir are not left.
         for child in self.children.gone:
             if self.children.by_name(child.instance) is None:
-                log.warning("%s: pid %d exited while lithos_tree was down; cleaning up",
-                            child.instance, child.pid)  # fmt: skip
+                if child.pid > 0:  # (-1: a start cut short, logged by recover())
+                    log.warning("%s: pid %d exited while lithos_tree was down; cleaning up",
+                                child.instance, child.pid)  # fmt: skip
                 starter.clean_up(child, self.ports, cgroups)
         self.children.gone.clear()
         if not self.resumed:
@@ -496,10 +506,20 @@ class Broker:
         if expected != msg.fingerprint:
             raise Denied(DenyCode.FINGERPRINT_MISMATCH, f"{msg.instance}: the configs on disk "
                          f"give fingerprint {expected}, not {msg.fingerprint}")  # fmt: skip
-        child = starter.start(plan, expected, self.ports, self.cgroups,
-                              sandbox_log=self.sandbox_logs.open(sandbox),
-                              stdio_log_fd=self.sandbox_logs.open_stdio(plan.stdio_log))
+        addresses = [(req.host, req.port) for req in plan.ports]
+        intent = new_child(msg.instance, -1, expected, plan.cgroup, addresses)
+        intent.state_dir, intent.kill_timeout_s = str(plan.state_dir), plan.spec.kill_timeout_s
+        self.children.intend(intent)  # a crash before add() leaves the knot findable
+        try:
+            child = starter.start(plan, expected, self.ports, self.cgroups,
+                                  sandbox_log=self.sandbox_logs.open(sandbox),
+                                  stdio_log_fd=self.sandbox_logs.open_stdio(plan.stdio_log))
+        except BaseException:
+            self.children.abandon(msg.instance)
+            raise
+        failpoints.hit("broker.start.after_spawn")
         self.children.add(child)
+        failpoints.hit("broker.start.after_record")
         self.history.setdefault(msg.instance, History()).starts += 1
         log.info("Forked %s (pid: %d)", msg.instance, child.pid)
         return m.StartInstanceOk(msg.instance, Pid(child.pid), child.started_at,
@@ -584,10 +604,15 @@ class Broker:
         core: bool,
         rusage: ResourceUsage | None,
     ) -> None:
-        child = self.children.remove(pid)
+        child = self.children.by_pid(pid)
         if child is None:
             return
+        failpoints.hit("broker.reap.after_wait")
+        # What it leaves goes before its record: a crash in between finds the
+        # record again, and the next broker cleans up (E-30: no stale state dir).
         starter.clean_up(child, self.ports, self.cgroups)
+        failpoints.hit("broker.reap.after_cleanup")
+        self.children.remove(pid)
         run_time = max(0.0, time.monotonic() - child.started_mono)
         status = f"exited with code {exit_code}" if signum is None else \
             f"killed by signal {signal.Signals(signum).name}"  # fmt: skip
@@ -597,6 +622,7 @@ class Broker:
         )
         event = m.InstanceExited(child.instance, Pid(pid), exit_code, signum, core,
                                  rusage or ResourceUsage(0.0, 0.0, 0), run_time)  # fmt: skip
+        failpoints.hit("broker.reap.before_report")
         sup = self.supervisor
         if sup is not None and sup.phase is Phase.READY and not self.pending:
             try:
@@ -641,6 +667,7 @@ class Broker:
         # (SIGQUIT's is to dump core). start() unblocks them.
         signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
         self.loop.close()
+        failpoints.hit("broker.reexec.before_exec")
         try:
             exec_self(state, keep_fds=[])
         except OSError as e:  # pragma: no cover - exec of our own interpreter failed

@@ -24,6 +24,7 @@ from broker.netstart import ContainerNet, NetworkError
 from broker.policy import StartPlan
 from broker.ports import PortError, PortTable, SocketSettings
 from knot.spawn import spawn_knot
+from protocol import failpoints
 from protocol.errors import Denied
 from protocol.records import DenyCode
 from protocol.stdiolog import StdioLogError, open_stdio_log
@@ -64,9 +65,11 @@ def start(
         if plan.network is not None:
             net = netstart.prepare(plan.network)
             fds.update(net.fds)
+        failpoints.hit("broker.start.after_sockets")
         if cgroups is not None and plan.cgroup is not None:
             group = cgroups.create(plan.cgroup)
             group.set_limits(plan.memory_limit, plan.cpu_shares)
+        failpoints.hit("broker.start.after_cgroup")
         if log_fd < 0:
             log_fd = open_stdio_log(plan.stdio_log.parent, plan.stdio_log.stem)
         plan.state_dir.mkdir(parents=True, exist_ok=True)

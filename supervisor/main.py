@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from protocol import failpoints
 from protocol import messages as m
 from protocol.channel import Channel
 from protocol.config import ConfigError, MasterConfig, load_master
@@ -111,6 +112,7 @@ class Supervisor:
             match action:
                 case Spawn(instance=name, fingerprint=fp):
                     self.request(m.StartInstance(name, fp), self._on_start_reply(name))
+                    failpoints.hit("supervisor.start.after_request")
                 case Signal(instance=name, pid=pid, signum=signum):
                     self.request(
                         m.SignalInstance(name, RecordPid(pid), signal.Signals(signum)),
@@ -126,6 +128,7 @@ class Supervisor:
 
     def _on_start_reply(self, name: str) -> Callable[[m.Message], None]:
         def on_reply(reply: m.Message) -> None:
+            failpoints.hit("supervisor.start.after_reply")
             now = time.monotonic()
             if isinstance(reply, m.StartInstanceOk):
                 self.feed(name, Started(Pid(reply.pid), now))
@@ -209,6 +212,7 @@ class Supervisor:
                 fd.close()
             msg = got.message
             if isinstance(msg, m.InstanceExited):
+                failpoints.hit("supervisor.exit.before_restart")
                 status = ExitStatus(msg.exit_code, msg.signal)
                 self.feed(msg.instance, Exited(Pid(msg.pid), status, time.monotonic()))
                 continue
@@ -231,6 +235,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--log-level")
     p.add_argument("--user", help="UID:GID to drop to before reading anything")
     args = p.parse_args(argv)
+    try:
+        failpoints.arm_from_environ()
+    except failpoints.FailpointError as e:
+        print(f"supervisor: Fatal error: {e}", file=sys.stderr)
+        return 1
     if args.user:
         uid, gid = (int(x) for x in args.user.split(":"))
         drop_privileges(uid, gid)

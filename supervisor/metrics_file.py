@@ -19,6 +19,7 @@ import struct
 from collections.abc import Sequence
 from pathlib import Path
 
+from protocol import failpoints
 from supervisor.metrics import Sample, cantal_meta, cantal_values, prometheus_text
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ class MetricsFiles:
 
     def publish(self, samples: Sequence[Sample]) -> None:
         self._write(".meta", cantal_meta(samples))
+        failpoints.hit("supervisor.metrics.during_publish")
         self._write(".values", cantal_values(samples))
         self._write(".prom", prometheus_text(samples).encode())
 

@@ -251,7 +251,7 @@ log-level: debug
         for rec in (self.runtime / "children").glob("*.json"):
             with contextlib.suppress(OSError, ValueError, KeyError):
                 pids.append(int(json.loads(rec.read_text())["pid"]))
-        return pids
+        return [p for p in pids if p > 0]  # -1: a start before its fork (broker/children.py)
 
     def stop(self, timeout_s: float = 30.0) -> int | None:
         """SIGTERM lithos_tree and wait for it (it waits for its containers)."""

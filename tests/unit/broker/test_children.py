@@ -71,3 +71,48 @@ def test_proc_helpers(fake_knot: subprocess.Popen[bytes]) -> None:
     assert proc_knot_name(os.getpid()) is None
     assert proc_start_ticks(fake_knot.pid) is not None
     assert proc_start_ticks(2**22 + 12345) is None
+
+
+@pytest.fixture
+def unique_knot():
+    """A fake knot with a name no other test uses (intent recovery scans all of /proc)."""
+    name = f"fp{os.getpid()}x{id(object())}/p.0"
+    code = "import sys; print('ready', flush=True); sys.stdin.read()"
+    proc = subprocess.Popen([sys.executable, "-c", code, "lithos_knot", "--name", name],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)  # fmt: skip
+    assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+    yield name, proc
+    proc.kill()
+    proc.wait()
+
+
+def test_intended_start_whose_knot_runs_is_adopted(tmp_path: Path, unique_knot) -> None:
+    name, proc = unique_knot
+    table = Children(tmp_path)
+    table.intend(new_child(name, -1, "fp1", None, [("0.0.0.0", 80)]))
+    # The broker was killed between the fork and add(): the next one finds the knot.
+    again = Children(tmp_path)
+    recovered = again.recover()
+    assert [(c.instance, c.pid) for c in recovered] == [(name, proc.pid)]
+    assert again.found == recovered and again.gone == []
+    assert recovered[0].start_ticks == proc_start_ticks(proc.pid)
+    assert recovered[0].ports == [("0.0.0.0", 80)]
+    # Its record now names the pid: a third broker recovers it the ordinary way.
+    third = Children(tmp_path)
+    assert [c.pid for c in third.recover()] == [proc.pid] and third.found == []
+
+
+def test_intended_start_without_a_knot_is_cleaned_up(tmp_path: Path) -> None:
+    table = Children(tmp_path)
+    table.intend(new_child(f"fp{os.getpid()}none/p.0", -1, "fp1", None, []))
+    again = Children(tmp_path)
+    assert again.recover() == []
+    assert [c.pid for c in again.gone] == [-1]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_abandoned_intent_leaves_no_record(tmp_path: Path) -> None:
+    table = Children(tmp_path)
+    table.intend(new_child("sb/p.9", -1, "fp1", None, []))
+    table.abandon("sb/p.9")
+    assert list(tmp_path.iterdir()) == []
