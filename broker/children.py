@@ -24,6 +24,8 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
+KNOT_COMM = "lithos_knot"  # knot.spawn.KNOT_COMM: a forked knot's name before its exec
+
 INSTANCE_RE = re.compile(r"^(?P<sandbox>[\w-]+)/(?P<process>[\w-]+)\.(?P<index>\d+)$")
 COMMAND_RE = re.compile(r"^(?P<sandbox>[\w-]+)/cmd\.(?P<process>[\w-]+)\.(?P<pid>\d+)$")
 
@@ -90,6 +92,15 @@ def proc_ppid(pid: int) -> int | None:
     except OSError:
         return None
     return int(stat[stat.rindex(b")") + 2 :].split()[1])
+
+
+def proc_comm(pid: int) -> str | None:
+    """/proc/<pid>/comm (the process's name, 15 bytes at most), or None when gone."""
+    try:
+        with open(f"/proc/{pid}/comm", "rb") as f:
+            return f.read().rstrip(b"\n").decode("utf-8", "replace")
+    except OSError:
+        return None
 
 
 def proc_knot_name(pid: int) -> str | None:
@@ -175,9 +186,14 @@ class Children:
             same = proc_start_ticks(child.pid) == child.start_ticks
             # A knot that died during our exec is our zombie: its cmdline is
             # empty, but it is still ours to reap (with its real exit status).
+            # A knot forked without exec (knot.spawn) that is still in its setup
+            # may show the broker's cmdline (when the name did not fit over it),
+            # but it named itself KNOT_COMM at once: with the same start time,
+            # it is the recorded process.
             alive = same and (
                 proc_knot_name(child.pid) == child.instance
                 or (proc_state(child.pid) == "Z" and proc_ppid(child.pid) == me)
+                or proc_comm(child.pid) == KNOT_COMM
             )
             if not alive:
                 log.info("%s: pid %d is gone; record deleted", child.instance, child.pid)

@@ -153,11 +153,10 @@ def set_fileno_limit(limit: int) -> None:
 
 
 def exec_native_init(spec: KnotSpec, environ: dict[str, str], log_fd: int | None,
-                     status_fd: int | None, init_fd: int) -> None:
+                     status_fd: int | None, init_fd: int) -> str:
     """Hands pid 1 to knot/init.c: the description on a memfd, then fexecve.
 
-    Returns only if the exec failed (one line on stderr; the caller then runs the
-    Python pid 1, which does the same).
+    Returns only if the exec failed: why (the caller says what happens next).
     """
     data = initdesc.encode(initdesc.from_spec(spec, environ, log_fd, status_fd))
     desc_fd = os.memfd_create("lithos-init", 0)  # inherited by init.c, which closes it
@@ -169,25 +168,38 @@ def exec_native_init(spec: KnotSpec, environ: dict[str, str], log_fd: int | None
         os.execve(init_fd, ["lithos_knot", "--name", spec.name, "--init-fd", str(desc_fd)],
                   {"TERM": os.environ.get("TERM", "dumb")})  # the knot's (T-50)
     except OSError as e:
-        code = errno.errorcode.get(e.errno or 0, str(e.errno))
-        os.write(2, f"knot[{spec.name}]: exec native init: {code} ({e.strerror}); "
-                    "the Python pid 1 runs instead\n".encode(errors="replace"))
+        why = f"{errno.errorcode.get(e.errno or 0, str(e.errno))} ({e.strerror})"
     os.close(desc_fd)
     os.close(init_fd)
+    return why
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The exec'd knot (`python3 -m knot.lithos_knot ...`): parse, read the spec, run()."""
     # K-40: the spawner blocked these before exec; block again for a knot run by hand.
     signal.pthread_sigmask(signal.SIG_BLOCK, service.WAITED_SIGNALS)
     import sys
 
     name, spec_fd, log_fd, status_fd, init_path = parse_args(
         sys.argv[1:] if argv is None else argv)
-    spec = read_spec(name, spec_fd)
+    return run(read_spec(name, spec_fd), log_fd, status_fd, init_path)
+
+
+def run(spec: KnotSpec, log_fd: int | None, status_fd: int | None, init_path: str | None,
+        *, python_pid1: bool = True) -> int:
+    """Builds the container of `spec` in this process, then becomes its pid 1.
+
+    Called by main() in an exec'd knot, and by knot.spawn in a knot forked without
+    exec from its spawner (python_pid1=False): that one must exec the native init
+    (init_path), since a Python pid 1 would keep the spawner's heap for the
+    container's life; if that exec fails, the setup fails (one line, exit 78).
+    """
     init_fd = None  # opened now: after pivot_root the host's paths are gone
     if init_path is not None:
         init_fd = step(spec, "open native init", "", os.open, init_path,
                        os.O_RDONLY | os.O_CLOEXEC)
+    elif not python_pid1:
+        fail(spec.name, "a forked knot needs the native init")
     mnt = spec.mount_dir
     step(spec, "make / private", "", setup.make_root_private)
     step(spec, "bind image read-only", "image", setup.bind_image, spec.image_root, mnt)
@@ -213,5 +225,10 @@ def main(argv: list[str] | None = None) -> int:
     step(spec, "set limits", "fileno-limit", set_fileno_limit, spec.fileno_limit)
     step(spec, "pivot_root", "image", setup.pivot, mnt)
     if init_fd is not None:
-        exec_native_init(spec, environ, log_fd, status_fd, init_fd)
+        why = exec_native_init(spec, environ, log_fd, status_fd, init_fd)
+        if not python_pid1:  # LITHOS_KNOT_SPAWN=exec in the spawner avoids this
+            fail(spec.name, f"exec native init: {why}; a forked knot has no Python "
+                            "pid 1 to fall back on")
+        os.write(2, f"knot[{spec.name}]: exec native init: {why}; "
+                    "the Python pid 1 runs instead\n".encode(errors="replace"))
     return service.supervise(spec, environ, log_fd, status_fd)

@@ -28,7 +28,9 @@ The unshare needs no single-threaded caller (CLONE_NEWPID does not require it).
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
+import gc
 import os
 import select
 import signal
@@ -36,6 +38,7 @@ import sys
 from collections.abc import Mapping
 
 from knot import initbin, linux
+from knot import main as knot_main
 from knot.exitcodes import EXIT_SETUP_FAILED
 from knot.spec import KnotSpec
 
@@ -44,6 +47,11 @@ KNOT_MODULE = "knot.lithos_knot"
 # `-m knot.lithos_knot` imports the same code as the spawner, installed or not.
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _BLOCKED = (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD)
+# LITHOS_KNOT_SPAWN=exec makes every knot an exec'd interpreter (the old way);
+# fork (the default) forks it without exec when the native pid 1 is used.
+SPAWN_ENV = "LITHOS_KNOT_SPAWN"
+SPAWN_MODES = ("fork", "exec")
+KNOT_COMM = b"lithos_knot"  # the forked knot's name (comm) until it execs the native init
 
 
 def knot_argv(name: str, spec_fd: int, log_fd: int | None,
@@ -80,10 +88,12 @@ def _place_fds(targets: Mapping[int, int]) -> None:
         if fd > low:
             os.closerange(low, fd)
         low = fd + 1
-    # Up to the highest open fd, not just the limit: fds opened before a lower
-    # RLIMIT_NOFILE was set may sit above it.
-    high = max([int(fd) for fd in os.listdir("/proc/self/fd")] + [os.sysconf("SC_OPEN_MAX")])
-    os.closerange(low, high + 1)
+    # Every fd above, whatever RLIMIT_NOFILE says now (fds opened before a lower
+    # limit was set may sit above it): CPython makes this one close_range(2).
+    os.closerange(low, _FD_MAX)
+
+
+_FD_MAX = 2**31 - 1
 
 
 def _child(argv: list[str], fds: Mapping[int, int], parent_pidfd: int, pdeathsig: bool) -> None:
@@ -104,14 +114,75 @@ def _child(argv: list[str], fds: Mapping[int, int], parent_pidfd: int, pdeathsig
             os._exit(EXIT_SETUP_FAILED)
 
 
+def _show_as_knot(name: str) -> None:
+    """Best effort: /proc/self/cmdline reads `lithos_knot --name NAME` (pgrep -f, lithos_ps).
+
+    The forked knot still has its spawner's argv area until it execs the native
+    init; the name is written over it in place (as setproctitle does) when it fits.
+    PR_SET_MM would need CAP_SYS_RESOURCE. broker.children does not rely on this:
+    it also knows a forked knot by its comm, KNOT_COMM.
+    """
+    with open("/proc/self/stat", "rb") as f:
+        stat = f.read()
+    fields = stat[stat.rindex(b")") + 2:].split()
+    start, end = int(fields[45]), int(fields[46])  # arg_start, arg_end: fields 48, 49
+    text = b"lithos_knot\0--name\0" + name.encode() + b"\0"
+    if 0 < start < end and len(text) <= end - start:
+        ctypes.memmove(start, text.ljust(end - start, b"\0"), end - start)
+
+
+def _forked_child(spec: KnotSpec, fds: Mapping[int, int], log_no: int | None,
+                  status_no: int | None, native_init: str, parent_pidfd: int,
+                  pdeathsig: bool) -> None:
+    """The knot forked without exec: forget the spawner, set up, exec the native init."""
+    try:
+        gc.disable()  # a few ms to live: a collection would only copy the spawner's pages
+        # The spawner's signal plumbing is not ours: its Python handlers would run
+        # its code here. SIGTERM, SIGINT and SIGCHLD stay blocked (K-40).
+        signal.set_wakeup_fd(-1)
+        for signo in range(1, signal.NSIG):
+            if callable(signal.getsignal(signo)):
+                signal.signal(signo, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, _BLOCKED)
+        linux.prctl(linux.PR_SET_NAME, ctypes.addressof(_COMM))
+        if pdeathsig:
+            linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
+            if select.select([parent_pidfd], [], [], 0)[0]:
+                os._exit(EXIT_SETUP_FAILED)
+        linux.unshare(linux.CLONE_NEWNS | linux.CLONE_NEWUTS | linux.CLONE_NEWIPC)
+        _place_fds(fds)  # the spawner's sockets, pipes and pidfds: all closed
+        os.chdir("/")
+        _show_as_knot(spec.name)
+        knot_main.run(spec, log_no, status_no, native_init, python_pid1=False)
+    except BaseException as e:  # noqa: BLE001 - a forked child must never return
+        try:
+            os.write(2, f"knot[{spec.name}]: spawn: {e!r}\n".encode(errors="replace"))
+        finally:
+            os._exit(EXIT_SETUP_FAILED)
+    os._exit(EXIT_SETUP_FAILED)  # run() returns only from a Python pid 1
+
+
+_COMM = ctypes.create_string_buffer(KNOT_COMM)
+
+
+def fork_wanted(native_init: str | None) -> bool:
+    """Whether to fork the knot without exec: only with the native pid 1 (a Python
+    pid 1 would keep the spawner's heap), single-threaded (a fork copies one thread
+    and the others' locks), and unless LITHOS_KNOT_SPAWN=exec."""
+    if native_init is None or os.environ.get(SPAWN_ENV, "fork") == "exec":
+        return False
+    return len(os.listdir("/proc/self/task")) == 1
+
+
 AUTO = "auto"
 
 
 def spawn_knot(spec: KnotSpec, *, inherited_fds: Mapping[int, int], stdin: int, stdout: int,
                stderr: int, stdio_log: int | None = None, pdeathsig: bool = True,
                status_fd: int | None = None,
-               native_init: str | os.PathLike[str] | None = AUTO) -> int:
-    """Forks and execs the knot for `spec`; returns its pid as the caller sees it.
+               native_init: str | os.PathLike[str] | None = AUTO,
+               fork: bool | None = None) -> int:
+    """Starts the knot for `spec`; returns its pid as the caller sees it.
 
     inherited_fds maps the fd number the service must see (spec.tcp_fds) to the
     caller's fd; the knot gets each at that number (fd 0 replaces stdin). stdin,
@@ -126,28 +197,37 @@ def spawn_knot(spec: KnotSpec, *, inherited_fds: Mapping[int, int], stdin: int, 
     native_init: the native pid 1 binary the knot execs after setup (knot/init.c);
     None runs the Python pid 1; AUTO asks knot.initbin.choose() (native when it can
     be built, unless LITHOS_KNOT_INIT=python).
-    Raises: ValueError if inherited_fds does not match spec.tcp_fds; OSError.
+    fork: True forks the knot without exec (it runs knot.main.run() in the child,
+    then execs the native init: needs one); False execs `python3 -m
+    knot.lithos_knot`; None (default) decides with fork_wanted().
+    Raises: ValueError if inherited_fds does not match spec.tcp_fds, or fork=True
+    without a native init; OSError.
     """
     if sorted(inherited_fds) != sorted(spec.tcp_fds):
         raise ValueError(f"{spec.name}: inherited fds {sorted(inherited_fds)} do not match "
                          f"tcp fds {sorted(spec.tcp_fds)}")
+    if native_init == AUTO:
+        native_init = initbin.choose()
+    init = None if native_init is None else os.fspath(native_init)
+    if fork is None:
+        fork = fork_wanted(init)
+    elif fork and init is None:
+        raise ValueError(f"{spec.name}: a forked knot needs the native init")
     fds = {0: stdin, 1: stdout, 2: stderr, **inherited_fds}
-    spec_no = max(fds) + 1
+    spec_no = max(fds) + 1  # the exec'd knot's spec; a forked one has the spec object
     log_no = spec_no + 1 if stdio_log is not None else None
     status_no = max(spec_no, log_no or 0) + 1 if status_fd is not None else None
-    spec_fd = _spec_memfd(spec)
-    own_pidns = pidfd = -1
+    spec_fd = own_pidns = pidfd = -1
     try:
-        fds[spec_no] = spec_fd
+        if not fork:
+            fds[spec_no] = spec_fd = _spec_memfd(spec)
         if stdio_log is not None and log_no is not None:
             fds[log_no] = stdio_log
         if status_fd is not None and status_no is not None:
             fds[status_no] = status_fd
         argv = knot_argv(spec.name, spec_no, log_no, status_no)
-        if native_init == AUTO:
-            native_init = initbin.choose()
-        if native_init is not None:
-            argv += ["--init", os.fspath(native_init)]
+        if init is not None:
+            argv += ["--init", init]
         pidfd = os.pidfd_open(os.getpid())
         own_pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
         # Blocked across the fork too: a SIGTERM between fork and exec would be
@@ -157,6 +237,8 @@ def spawn_knot(spec: KnotSpec, *, inherited_fds: Mapping[int, int], stdin: int, 
         try:
             pid = os.fork()
             if pid == 0:
+                if fork and init is not None:
+                    _forked_child(spec, fds, log_no, status_no, init, pidfd, pdeathsig)
                 _child(argv, fds, pidfd, pdeathsig)
         finally:
             # Children we fork later (and the broker's other work) stay in our namespace.
