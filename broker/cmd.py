@@ -229,19 +229,15 @@ def run(plan: StartPlan, cgroups: CgroupLayout | None, signals: Signals) -> int:
                 stdio_log=log_fd,
                 pdeathsig=True,
                 status_fd=status_w,
+                # In its group before it forks anything; if that fails the knot
+                # is killed (no limits: the command must not run).
+                before_setup=None if group is None else group.add,
             )
         except (CgroupError, StdioLogError, OSError, ValueError) as e:
             raise CmdError(f"Can't run {plan.name}: {e}") from None
         os.close(status_w)
         status_w = -1
         os.set_blocking(status_r, False)  # read once the knot is gone: never wait on it
-        if group is not None:
-            try:
-                group.add(pid)
-            except CgroupError as e:  # no limits: the command must not run
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-                raise CmdError(f"Can't run {plan.name}: {e}") from None
         log.info("%s: started, knot pid %d", plan.name, pid)
         knot_status = wait_knot(pid, signals)
         service_status = read_status(status_r)

@@ -14,6 +14,7 @@ import errno
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from broker.cgroups import CgroupError, CgroupHandle, CgroupLayout
@@ -65,14 +66,10 @@ def start(
                 stderr=log_fd,
                 stdio_log=log_fd,
                 pdeathsig=not detach_from_broker,
+                before_setup=None if group is None else _joiner(name, group),
             )
         finally:
             os.close(null)
-        if group is not None:
-            try:
-                group.add(pid)
-            except CgroupError as e:  # the knot runs; limits are not applied
-                log.error("%s: joining cgroup %s: %s", name, plan.cgroup, e)
     except (PortError, CgroupError, StdioLogError, OSError, ValueError) as e:
         ports.release(name)
         if group is not None:
@@ -89,6 +86,18 @@ def start(
     child.kill_timeout_s = plan.spec.kill_timeout_s
     child.state_dir = str(plan.state_dir)
     return child
+
+
+def _joiner(name: str, group: CgroupHandle) -> Callable[[int], None]:
+    """Puts the knot in its group before it forks anything (T-51)."""
+
+    def join(pid: int) -> None:
+        try:
+            group.add(pid)
+        except CgroupError as e:  # the knot runs; limits are not applied
+            log.error("%s: joining cgroup %s: %s", name, group.group, e)
+
+    return join
 
 
 def remove_state_dir(path: Path) -> None:

@@ -35,7 +35,7 @@ import os
 import select
 import signal
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from knot import initbin, linux
 from knot import main as knot_main
@@ -96,7 +96,8 @@ def _place_fds(targets: Mapping[int, int]) -> None:
 _FD_MAX = 2**31 - 1
 
 
-def _child(argv: list[str], fds: Mapping[int, int], parent_pidfd: int, pdeathsig: bool) -> None:
+def _child(argv: list[str], fds: Mapping[int, int], parent_pidfd: int, pdeathsig: bool,
+           go_r: int) -> None:
     try:
         if pdeathsig:
             linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -104,6 +105,7 @@ def _child(argv: list[str], fds: Mapping[int, int], parent_pidfd: int, pdeathsig
             if select.select([parent_pidfd], [], [], 0)[0]:
                 os._exit(EXIT_SETUP_FAILED)
         linux.unshare(linux.CLONE_NEWNS | linux.CLONE_NEWUTS | linux.CLONE_NEWIPC)
+        _wait_go(go_r)
         _place_fds(fds)
         os.chdir(_PACKAGE_PARENT)
         os.execve(sys.executable, argv, {"TERM": os.environ.get("TERM", "dumb")})
@@ -133,7 +135,7 @@ def _show_as_knot(name: str) -> None:
 
 def _forked_child(spec: KnotSpec, fds: Mapping[int, int], log_no: int | None,
                   status_no: int | None, native_init: str, parent_pidfd: int,
-                  pdeathsig: bool) -> None:
+                  pdeathsig: bool, go_r: int) -> None:
     """The knot forked without exec: forget the spawner, set up, exec the native init."""
     try:
         gc.disable()  # a few ms to live: a collection would only copy the spawner's pages
@@ -150,6 +152,7 @@ def _forked_child(spec: KnotSpec, fds: Mapping[int, int], log_no: int | None,
             if select.select([parent_pidfd], [], [], 0)[0]:
                 os._exit(EXIT_SETUP_FAILED)
         linux.unshare(linux.CLONE_NEWNS | linux.CLONE_NEWUTS | linux.CLONE_NEWIPC)
+        _wait_go(go_r)
         _place_fds(fds)  # the spawner's sockets, pipes and pidfds: all closed
         os.chdir("/")
         _show_as_knot(spec.name)
@@ -181,7 +184,8 @@ def spawn_knot(spec: KnotSpec, *, inherited_fds: Mapping[int, int], stdin: int, 
                stderr: int, stdio_log: int | None = None, pdeathsig: bool = True,
                status_fd: int | None = None,
                native_init: str | os.PathLike[str] | None = AUTO,
-               fork: bool | None = None) -> int:
+               fork: bool | None = None,
+               before_setup: Callable[[int], None] | None = None) -> int:
     """Starts the knot for `spec`; returns its pid as the caller sees it.
 
     inherited_fds maps the fd number the service must see (spec.tcp_fds) to the
@@ -200,6 +204,9 @@ def spawn_knot(spec: KnotSpec, *, inherited_fds: Mapping[int, int], stdin: int, 
     fork: True forks the knot without exec (it runs knot.main.run() in the child,
     then execs the native init: needs one); False execs `python3 -m
     knot.lithos_knot`; None (default) decides with fork_wanted().
+    before_setup(pid) runs in the caller while the knot waits, before it execs or
+    sets anything up (so before the service exists): to put it in its cgroup (T-51).
+    If it raises, the knot is killed and reaped and the exception propagates.
     Raises: ValueError if inherited_fds does not match spec.tcp_fds, or fork=True
     without a native init; OSError.
     """
@@ -217,8 +224,10 @@ def spawn_knot(spec: KnotSpec, *, inherited_fds: Mapping[int, int], stdin: int, 
     spec_no = max(fds) + 1  # the exec'd knot's spec; a forked one has the spec object
     log_no = spec_no + 1 if stdio_log is not None else None
     status_no = max(spec_no, log_no or 0) + 1 if status_fd is not None else None
-    spec_fd = own_pidns = pidfd = -1
+    spec_fd = own_pidns = pidfd = go_r = go_w = -1
     try:
+        if before_setup is not None:
+            go_r, go_w = os.pipe2(os.O_CLOEXEC)
         if not fork:
             fds[spec_no] = spec_fd = _spec_memfd(spec)
         if stdio_log is not None and log_no is not None:
@@ -238,14 +247,28 @@ def spawn_knot(spec: KnotSpec, *, inherited_fds: Mapping[int, int], stdin: int, 
             pid = os.fork()
             if pid == 0:
                 if fork and init is not None:
-                    _forked_child(spec, fds, log_no, status_no, init, pidfd, pdeathsig)
-                _child(argv, fds, pidfd, pdeathsig)
+                    _forked_child(spec, fds, log_no, status_no, init, pidfd, pdeathsig, go_r)
+                _child(argv, fds, pidfd, pdeathsig, go_r)
         finally:
             # Children we fork later (and the broker's other work) stay in our namespace.
             linux.setns(own_pidns, linux.CLONE_NEWPID)
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        if before_setup is not None:
+            try:
+                before_setup(pid)
+            except BaseException:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                raise
+            os.write(go_w, b"g")
         return pid
     finally:
-        for fd in (spec_fd, own_pidns, pidfd):
+        for fd in (spec_fd, own_pidns, pidfd, go_r, go_w):
             if fd >= 0:
                 os.close(fd)
+
+
+def _wait_go(go_r: int) -> None:
+    """In the child: until the spawner's before_setup is done (one byte; EOF: it died)."""
+    if go_r >= 0 and os.read(go_r, 1) != b"g":
+        os._exit(EXIT_SETUP_FAILED)
