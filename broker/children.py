@@ -184,16 +184,17 @@ class Children:
                 path.unlink(missing_ok=True)
                 continue
             same = proc_start_ticks(child.pid) == child.start_ticks
-            # A knot that died during our exec is our zombie: its cmdline is
-            # empty, but it is still ours to reap (with its real exit status).
-            # A knot forked without exec (knot.spawn) that is still in its setup
-            # may show the broker's cmdline (when the name did not fit over it),
-            # but it named itself KNOT_COMM at once: with the same start time,
-            # it is the recorded process.
+            # With the same start time, the recorded process itself, even when
+            # its cmdline does not name it: a knot that died during our exec is our
+            # zombie (empty cmdline), still ours to reap with its real exit status;
+            # a knot forked without exec (knot.spawn) that is still in its setup
+            # shows the broker's cmdline when the name did not fit over it, and
+            # the old broker's from fork until it names itself KNOT_COMM. (A
+            # zombie keeps its comm: one that is not ours is gone for us.)
             alive = same and (
                 proc_knot_name(child.pid) == child.instance
-                or (proc_state(child.pid) == "Z" and proc_ppid(child.pid) == me)
-                or proc_comm(child.pid) == KNOT_COMM
+                or proc_ppid(child.pid) == me
+                or (proc_comm(child.pid) == KNOT_COMM and proc_state(child.pid) != "Z")
             )
             if not alive:
                 log.info("%s: pid %d is gone; record deleted", child.instance, child.pid)

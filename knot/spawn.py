@@ -147,6 +147,7 @@ def _forked_child(spec: KnotSpec, fds: Mapping[int, int], log_no: int | None,
                 signal.signal(signo, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_SETMASK, _BLOCKED)
         linux.prctl(linux.PR_SET_NAME, ctypes.addressof(_COMM))
+        _show_as_knot(spec.name)
         if pdeathsig:
             linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
             if select.select([parent_pidfd], [], [], 0)[0]:
@@ -155,7 +156,6 @@ def _forked_child(spec: KnotSpec, fds: Mapping[int, int], log_no: int | None,
         _wait_go(go_r)
         _place_fds(fds)  # the spawner's sockets, pipes and pidfds: all closed
         os.chdir("/")
-        _show_as_knot(spec.name)
         knot_main.run(spec, log_no, status_no, native_init, python_pid1=False)
     except BaseException as e:  # noqa: BLE001 - a forked child must never return
         try:
