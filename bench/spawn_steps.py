@@ -6,7 +6,8 @@ native pid 1) `samples` times, one at a time, with knot.spawn's and knot.main's
 steps wrapped to take time.perf_counter_ns() (CLOCK_MONOTONIC, the same in every
 process) after each; the forked child writes its stamps to its stderr just before
 it execs the native pid 1. Prints the median of each phase, from the start
-request to the payload's first instruction. The wrapping itself adds about a
+request to the payload's first instruction, and the child's minor page faults
+(mostly copy-on-write of the caller's pages) from fork to exec. The wrapping itself adds about a
 microsecond per step. A measuring tool for BENCHMARKS.md, not a contender.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import sys
 import time
@@ -31,6 +33,8 @@ def _instrument(stamps: list[tuple[str, int]]) -> None:
     import knot.main as km
     import knot.spawn as ks
 
+    faults: list[int] = []  # the child's minor faults (copy-on-write) at its start
+
     def stamped(label: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             result = fn(*args, **kwargs)
@@ -43,6 +47,7 @@ def _instrument(stamps: list[tuple[str, int]]) -> None:
     def child(*args: Any) -> None:
         stamps.clear()  # the parent's stamps came with the fork
         stamps.append(("fork (child runs)", time.perf_counter_ns()))
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt)
         forked_child(*args)
 
     ks._forked_child = child
@@ -61,8 +66,9 @@ def _instrument(stamps: list[tuple[str, int]]) -> None:
 
     def exec_native_init(*args: Any) -> str:
         stamps.append(("environ, secrets", time.perf_counter_ns()))
+        minflt = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults[-1]
         line = TAG + b" ".join(f"{label.replace(' ', '_')}={ns}".encode()
-                               for label, ns in stamps) + b"\n"
+                               for label, ns in stamps) + f" minflt={minflt}\n".encode()
         os.write(2, line)
         return exec_init(*args)
 
@@ -88,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         stamps: list[tuple[str, int]] = []
         _instrument(stamps)
         phases: dict[str, list[float]] = {}
+        faults: list[int] = []
         order: list[str] = []
         for _ in range(args.samples + 2):
             size = env.errlog_path.stat().st_size
@@ -102,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
             marks = [("start request", t0)]
             for item in line[len(TAG):].split():
                 label, _, ns = item.decode().partition("=")
+                if label == "minflt":
+                    faults.append(int(ns))
+                    continue
                 marks.append((label.replace("_", " "), int(ns)))
             marks.append(("native pid 1 exec'd .. payload's first instruction", t_ready))
             for (_, a), (label, b) in zip(marks, marks[1:], strict=False):
@@ -116,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         for label in [*order, "(spawn_knot returned in the caller)", "total"]:
             values = phases[label][2:]  # two warm-up runs
             print(f"| {label} | {statistics.median(values):.3f} |")
+        print(f"\nminor page faults in the child, fork to exec (median): "
+              f"{statistics.median(faults[2:]):.0f}")
     finally:
         env.kill_all()
         env.close()

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import ctypes
 import fcntl
+import functools
 import gc
 import os
 import select
@@ -116,7 +117,19 @@ def _child(argv: list[str], fds: Mapping[int, int], parent_pidfd: int, pdeathsig
             os._exit(EXIT_SETUP_FAILED)
 
 
-def _show_as_knot(name: str) -> None:
+@functools.cache
+def _argv_area() -> tuple[int, int]:
+    """This process's argv area (arg_start, arg_end: /proc/self/stat fields 48, 49).
+
+    Read in the spawner, once: a forked child has the same addresses.
+    """
+    with open("/proc/self/stat", "rb") as f:
+        stat = f.read()
+    fields = stat[stat.rindex(b")") + 2:].split()
+    return int(fields[45]), int(fields[46])
+
+
+def _show_as_knot(name: str, area: tuple[int, int]) -> None:
     """Best effort: /proc/self/cmdline reads `lithos_knot --name NAME` (pgrep -f, lithos_ps).
 
     The forked knot still has its spawner's argv area until it execs the native
@@ -124,10 +137,7 @@ def _show_as_knot(name: str) -> None:
     PR_SET_MM would need CAP_SYS_RESOURCE. broker.children does not rely on this:
     it also knows a forked knot by its comm, KNOT_COMM.
     """
-    with open("/proc/self/stat", "rb") as f:
-        stat = f.read()
-    fields = stat[stat.rindex(b")") + 2:].split()
-    start, end = int(fields[45]), int(fields[46])  # arg_start, arg_end: fields 48, 49
+    start, end = area
     text = b"lithos_knot\0--name\0" + name.encode() + b"\0"
     if 0 < start < end and len(text) <= end - start:
         ctypes.memmove(start, text.ljust(end - start, b"\0"), end - start)
@@ -135,7 +145,7 @@ def _show_as_knot(name: str) -> None:
 
 def _forked_child(spec: KnotSpec, fds: Mapping[int, int], log_no: int | None,
                   status_no: int | None, native_init: str, parent_pidfd: int,
-                  pdeathsig: bool, go_r: int) -> None:
+                  pdeathsig: bool, go_r: int, argv_area: tuple[int, int]) -> None:
     """The knot forked without exec: forget the spawner, set up, exec the native init."""
     try:
         gc.disable()  # a few ms to live: a collection would only copy the spawner's pages
@@ -147,7 +157,7 @@ def _forked_child(spec: KnotSpec, fds: Mapping[int, int], log_no: int | None,
                 signal.signal(signo, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_SETMASK, _BLOCKED)
         linux.prctl(linux.PR_SET_NAME, ctypes.addressof(_COMM))
-        _show_as_knot(spec.name)
+        _show_as_knot(spec.name, argv_area)
         if pdeathsig:
             linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
             if select.select([parent_pidfd], [], [], 0)[0]:
@@ -225,6 +235,7 @@ def spawn_knot(spec: KnotSpec, *, inherited_fds: Mapping[int, int], stdin: int, 
     log_no = spec_no + 1 if stdio_log is not None else None
     status_no = max(spec_no, log_no or 0) + 1 if status_fd is not None else None
     spec_fd = own_pidns = pidfd = go_r = go_w = -1
+    argv_area = _argv_area() if fork else (0, 0)
     try:
         if before_setup is not None:
             go_r, go_w = os.pipe2(os.O_CLOEXEC)
@@ -247,7 +258,8 @@ def spawn_knot(spec: KnotSpec, *, inherited_fds: Mapping[int, int], stdin: int, 
             pid = os.fork()
             if pid == 0:
                 if fork and init is not None:
-                    _forked_child(spec, fds, log_no, status_no, init, pidfd, pdeathsig, go_r)
+                    _forked_child(spec, fds, log_no, status_no, init, pidfd, pdeathsig, go_r,
+                                  argv_area)
                 _child(argv, fds, pidfd, pdeathsig, go_r)
         finally:
             # Children we fork later (and the broker's other work) stay in our namespace.
