@@ -1,7 +1,12 @@
 """spawn_knot: start one lithos_knot as pid 1 of new mount, pid, uts and ipc namespaces.
 
-Owns the fork/exec of a knot (used by the broker and by lithos_cmd); the caller
-stays its parent and reaper. Rules: the child gets exactly the fds it is given
+Owns the fork (and exec) of a knot (used by the broker and by lithos_cmd); the
+caller stays its parent and reaper. With the native pid 1 the knot is forked
+without exec: the child forgets the caller (fds, signal handlers, wakeup fd),
+runs knot.main.run() and execs the native pid 1; it never returns into the
+caller's code (os._exit on every path). Otherwise (Python pid 1, a threaded
+caller, LITHOS_KNOT_SPAWN=exec) it execs `python3 -m knot.lithos_knot`.
+docs/knot.md, "Forked, not exec'd". Rules: the child gets exactly the fds it is given
 (stdin/stdout/stderr, the tcp fds at their numbers, the spec and the stdio log),
 an environment of TERM only (T-50), SIGTERM/SIGINT/SIGCHLD blocked across exec
 (so a SIGTERM during the knot's setup stays pending instead of being dropped by
