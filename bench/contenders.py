@@ -227,15 +227,20 @@ class Crun(Contender):
 
 
 class LithosKnot(Contender):
-    """knot.spawn.spawn_knot: the knot (Python) is pid 1 and forks the service.
+    """knot.spawn.spawn_knot as the broker calls it (lithos's default): the knot is
+    forked without exec from the caller (here the harness, which has imported
+    knot.spawn as the broker has), runs the setup in Python, then execs the native
+    pid 1 (knot/init.c, built by knot.initbin into the run's temp dir in prepare(),
+    outside every timed region), which forks the service.
 
     It also does what every lithos container gets: /dev (devfs dir + devpts),
-    /sys, a state dir; resolv.conf and hosts are not generated here. The Python
-    pid 1 is forced (native_init=None), so this row stays comparable across runs.
+    /sys, a state dir; resolv.conf and hosts are not generated here.
     """
 
     name = "lithos"
     can_restart = True
+    native = True  # build knot/init.c and pass it as native_init
+    fork: bool | None = None  # spawn_knot's fork: None lets it choose (as the broker)
 
     def __init__(self, env: BenchEnv) -> None:
         super().__init__(env)
@@ -247,7 +252,9 @@ class LithosKnot(Contender):
         try:
             import knot.spawn  # noqa: F401
         except ImportError:
-            return "lithos: not available on this branch (no knot.spawn)"
+            return f"{self.name}: not available on this branch (no knot.spawn)"
+        if self.native and shutil.which("cc") is None:
+            return f"{self.name}: no C compiler (cc) to build knot/init.c"
         return None
 
     def prepare(self) -> None:
@@ -255,6 +262,13 @@ class LithosKnot(Contender):
         from knot.spec import HostsFile, Kind, KnotSpec, ResolvConf, Volume, VolumeKind
 
         e = self.env
+        if self.native and self.native_init is None:
+            from knot import initbin
+
+            path, why = initbin.build(e.tmp / "init-cache")
+            if path is None:
+                raise OSError(why)
+            self.native_init = path
         if self.base is None:
             self.state = Path(tempfile.mkdtemp(prefix="knot-", dir=e.tmp))
             devfs = self.state / "dev"
@@ -290,7 +304,8 @@ class LithosKnot(Contender):
 
         e = self.env
         return spawn_knot(spec, inherited_fds={3: e.ready_w}, stdin=e.null,
-                          stdout=e.errlog, stderr=e.errlog, native_init=self.native_init)
+                          stdout=e.errlog, stderr=e.errlog, native_init=self.native_init,
+                          fork=self.fork)
 
     def start_one(self, hold: bool) -> None:
         self._spawn(self._spec(hold, restart=False))
@@ -299,10 +314,28 @@ class LithosKnot(Contender):
         return self._spawn(self._spec(True, restart=True))
 
 
-class LithosKnotNoSite(LithosKnot):
-    """What-if: the same knot, its interpreter started with -S (no site module, so
-    no .pth file runs). knot.spawn.knot_argv is wrapped for the call only; the
-    knot's code is unchanged. Secrets (PyNaCl, in site-packages) would not import."""
+class LithosExec(LithosKnot):
+    """The knot exec'd (`python3 -m knot.lithos_knot`: an interpreter start and the
+    knot's imports), which then execs the native pid 1: lithos's default before the
+    fork path, and still its way with LITHOS_KNOT_SPAWN=exec."""
+
+    name = "lithos exec"
+    fork = False
+
+
+class LithosPython(LithosKnot):
+    """The knot exec'd, and it stays pid 1 in Python (no native init: what a host
+    without a C compiler gets). The `lithos` row of the first tables below."""
+
+    name = "lithos python"
+    native = False
+    fork = False
+
+
+class LithosKnotNoSite(LithosPython):
+    """What-if: the exec'd Python knot, its interpreter started with -S (no site
+    module, so no .pth file runs). knot.spawn.knot_argv is wrapped for the call only;
+    the knot's code is unchanged. Secrets (PyNaCl, in site-packages) would not import."""
 
     name = "lithos -S"
 
@@ -322,29 +355,5 @@ class LithosKnotNoSite(LithosKnot):
             knot.spawn.knot_argv = plain
 
 
-class LithosNative(LithosKnot):
-    """The same knot (Python for the setup), which then execs the native pid 1
-    (knot/init.c, compiled by knot.initbin into the run's temp dir in prepare(),
-    outside every timed region): lithos's default where a compiler is present."""
-
-    name = "lithos native"
-
-    def missing(self) -> str | None:
-        why = super().missing()
-        if why is None and shutil.which("cc") is None:
-            why = "lithos native: no C compiler (cc) to build knot/init.c"
-        return why
-
-    def prepare(self) -> None:
-        from knot import initbin
-
-        super().prepare()
-        if self.native_init is None:
-            path, why = initbin.build(self.env.tmp / "init-cache")
-            if path is None:
-                raise OSError(why)
-            self.native_init = path
-
-
-ALL: tuple[type[Contender], ...] = (CFloor, LithosKnot, LithosNative, LithosKnotNoSite, Unshare,
-                                    Bwrap, Crun)
+ALL: tuple[type[Contender], ...] = (CFloor, LithosKnot, LithosExec, LithosPython,
+                                    LithosKnotNoSite, Unshare, Bwrap, Crun)

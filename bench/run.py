@@ -2,8 +2,8 @@
 
 Usage (as root): python3 -m bench.run [--quick] [--only spawn,many,memory,restart]
                  [--n 100] [--samples 50] [--install-peers] [--no-nice]
-                 [--contenders floor,lithos,lithos-native,lithos-S,lithos-fork,tree,unshare,
-                               bwrap,crun]
+                 [--contenders floor,lithos,lithos-exec,lithos-python,lithos-S,lithos-fork,tree,
+                               unshare,bwrap,crun]
 Prints the machine, then one table per measurement with the median, p90 and the
 ratio to the C floor measured in the same run. A contender that is missing (no
 bwrap, no knot.spawn on this branch) is named and skipped. --install-peers
@@ -28,8 +28,8 @@ from bench.env import BenchEnv, BenchError
 from bench.tree import LithosTree
 
 MEASUREMENTS = ("spawn", "many", "memory", "restart")
-KEYS = {"floor": "C floor", "lithos": "lithos", "lithos-native": "lithos native",
-        "lithos-S": "lithos -S",
+KEYS = {"floor": "C floor", "lithos": "lithos", "lithos-exec": "lithos exec",
+        "lithos-python": "lithos python", "lithos-S": "lithos -S",
         "lithos-fork": "lithos fork", "tree": "lithos tree", "unshare": "unshare",
         "bwrap": "bwrap", "crun": "crun"}
 CRUN_MANY_MAX = 100  # crun is slow to start in bulk; larger N only for the others
@@ -159,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"- work dir: {env.tmp} (removed at exit)")
     contenders: list[Contender] = []
     try:
-        for cls in (*ALL[:4], *_zygote(), LithosTree, *ALL[4:]):
+        for cls in (*ALL[:5], *_zygote(), LithosTree, *ALL[5:]):
             c = cls(env)
             if c.name not in wanted:
                 continue
@@ -212,8 +212,9 @@ def _zygote() -> tuple[type[Contender], ...]:
 
 
 RESTART_NOTES = {"C floor": "pid 1 is a C loop: fork, exec, wait, again",
-                 "lithos": "knot restart-process-only, restart-timeout 0",
-                 "lithos native": "native pid 1 restart-process-only, restart-timeout 0",
+                 "lithos": "native pid 1 restart-process-only, restart-timeout 0",
+                 "lithos exec": "native pid 1 restart-process-only, restart-timeout 0",
+                 "lithos python": "knot restart-process-only, restart-timeout 0",
                  "lithos -S": "knot restart-process-only, restart-timeout 0",
                  "lithos fork": "knot restart-process-only, restart-timeout 0",
                  "lithos tree": "whole container: knot exits, broker reaps, supervisor "

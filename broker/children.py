@@ -27,6 +27,8 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
+KNOT_COMM = "lithos_knot"  # knot.spawn.KNOT_COMM: a forked knot's name before its exec
+
 
 def record_name(instance: str) -> str:
     """`web/app.0` -> `web:app.0` (the same shape as the cgroup name, T-51)."""
@@ -91,6 +93,15 @@ def proc_ppid(pid: int) -> int | None:
     except OSError:
         return None
     return int(stat[stat.rindex(b")") + 2 :].split()[1])
+
+
+def proc_comm(pid: int) -> str | None:
+    """/proc/<pid>/comm (the process's name, 15 bytes at most), or None when gone."""
+    try:
+        with open(f"/proc/{pid}/comm", "rb") as f:
+            return f.read().rstrip(b"\n").decode("utf-8", "replace")
+    except OSError:
+        return None
 
 
 def proc_knot_name(pid: int) -> str | None:
@@ -200,11 +211,17 @@ class Children:
                 self._write(child)
                 self.found.append(child)
             same = proc_start_ticks(child.pid) == child.start_ticks
-            # A knot that died during our exec is our zombie: its cmdline is
-            # empty, but it is still ours to reap (with its real exit status).
+            # With the same start time, the recorded process itself, even when
+            # its cmdline does not name it: a knot that died during our exec is our
+            # zombie (empty cmdline), still ours to reap with its real exit status;
+            # a knot forked without exec (knot.spawn) that is still in its setup
+            # shows the broker's cmdline when the name did not fit over it, and
+            # the old broker's from fork until it names itself KNOT_COMM. (A
+            # zombie keeps its comm: one that is not ours is gone for us.)
             alive = same and (
                 proc_knot_name(child.pid) == child.instance
-                or (proc_state(child.pid) == "Z" and proc_ppid(child.pid) == me)
+                or proc_ppid(child.pid) == me
+                or (proc_comm(child.pid) == KNOT_COMM and proc_state(child.pid) != "Z")
             )
             if not alive:
                 log.info("%s: pid %d is gone; record deleted", child.instance, child.pid)
@@ -227,27 +244,27 @@ class Children:
     def _find_forked(self, child: Child) -> bool:
         """Fills in pid and start ticks of the one knot `intend`ed for `child`, if it runs.
 
-        A knot's own fork (before its service's exec) shows the same --name: a
-        process whose parent is a knot of that name is not counted. With cgroups,
-        the knot must be under this tree's cgroup-name (another tree may run an
-        instance of the same name).
+        With cgroups, the knot is the process in the instance's own group whose
+        parent is not (the knot joins it before its setup, knot.spawn before_setup;
+        a knot killed before that exits by itself when our end of its pipe closes),
+        so a knot forked without exec is found even while its cmdline is still the
+        old broker's. Without cgroups, by its `--name` (a knot's own fork shows the
+        same name: a process whose parent has it is not counted).
         """
-        top = f"/{child.cgroup.split('/', 1)[0]}/" if child.cgroup else None
         found = []
         for entry in os.listdir("/proc"):
-            if not entry.isdigit() or proc_knot_name(int(entry)) != child.instance:
+            if not entry.isdigit():
                 continue
             pid = int(entry)
+            if child.cgroup is not None:
+                if _in_group(pid, child.cgroup) and not _in_group(proc_ppid(pid), child.cgroup):
+                    found.append(pid)
+                continue
+            if proc_knot_name(pid) != child.instance:
+                continue
             parent = proc_ppid(pid)
             if parent is not None and proc_knot_name(parent) == child.instance:
                 continue
-            if top is not None:
-                try:
-                    with open(f"/proc/{pid}/cgroup") as f:
-                        if top not in f.read():
-                            continue
-                except OSError:
-                    continue
             found.append(pid)
         if len(found) != 1:
             return False
@@ -256,6 +273,17 @@ class Children:
             return False
         child.pid, child.start_ticks = found[0], ticks
         return True
+
+
+def _in_group(pid: int | None, group: str) -> bool:
+    """Whether /proc/<pid>/cgroup places pid exactly in `group` (any hierarchy, v1 or v2)."""
+    if pid is None:
+        return False
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            return any(line.rstrip("\n").endswith(f":/{group}") for line in f)
+    except OSError:
+        return False
 
 
 def new_child(

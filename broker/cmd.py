@@ -250,6 +250,9 @@ def run(plan: StartPlan, cgroups: CgroupLayout | None, signals: Signals,
                 status_fd=status_w,
                 netns_fd=net.netns_fd if net is not None else None,
                 sandbox_log=sandbox_log,
+                # In its group before it forks anything; if that fails the knot
+                # is killed (no limits: the command must not run).
+                before_setup=None if group is None else group.add,
             )
         except (CgroupError, StdioLogError, OSError, ValueError, NetworkError) as e:
             raise CmdError(f"Can't run {plan.name}: {e}") from None
@@ -258,13 +261,6 @@ def run(plan: StartPlan, cgroups: CgroupLayout | None, signals: Signals,
         if net is not None:
             net.close()  # the knot holds the netns and the sockets now
         os.set_blocking(status_r, False)  # read once the knot is gone: never wait on it
-        if group is not None:
-            try:
-                group.add(pid)
-            except CgroupError as e:  # no limits: the command must not run
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-                raise CmdError(f"Can't run {plan.name}: {e}") from None
         log.info("%s: started, knot pid %d", plan.name, pid)
         knot_status = wait_knot(pid, signals)
         service_status = read_status(status_r)

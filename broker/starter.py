@@ -15,6 +15,7 @@ import errno
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from broker import netstart
@@ -85,14 +86,10 @@ def start(
                 pdeathsig=not detach_from_broker,
                 netns_fd=net.netns_fd if net is not None else None,
                 sandbox_log=sandbox_log,
+                before_setup=None if group is None else _joiner(name, group),
             )
         finally:
             os.close(null)
-        if group is not None:
-            try:
-                group.add(pid)
-            except CgroupError as e:  # the knot runs; limits are not applied
-                log.error("%s: joining cgroup %s: %s", name, plan.cgroup, e)
     except (PortError, CgroupError, StdioLogError, OSError, ValueError, NetworkError) as e:
         if net is not None:
             netstart.discard(net)
@@ -116,6 +113,18 @@ def start(
     child.state_dir = str(plan.state_dir)
     child.veth = net.veth if net is not None else ""
     return child
+
+
+def _joiner(name: str, group: CgroupHandle) -> Callable[[int], None]:
+    """Puts the knot in its group before it forks anything (T-51)."""
+
+    def join(pid: int) -> None:
+        try:
+            group.add(pid)
+        except CgroupError as e:  # the knot runs; limits are not applied
+            log.error("%s: joining cgroup %s: %s", name, group.group, e)
+
+    return join
 
 
 def remove_state_dir(path: Path) -> None:

@@ -91,12 +91,16 @@ def parse_args(argv: list[str]) -> tuple[str, int, int | None, int | None, str |
         status_fd = int(values["--status-fd"]) if "--status-fd" in values else None
     except ValueError:
         fail(values["--name"], "usage: --spec-fd, --log-fd and --status-fd take fd numbers")
-    _open_sandbox_log(values["--name"], values.get("--sandbox-log-fd"),
+    use_sandbox_log(values["--name"], values.get("--sandbox-log-fd"),
                       values.get("--sandbox-log"))
     return values["--name"], spec_fd, log_fd, status_fd, values.get("--init")
 
 
-def _open_sandbox_log(name: str, fd_text: str | None, settings: str | None) -> None:
+def use_sandbox_log(name: str, fd_text: str | None, settings: str | None) -> None:
+    """--sandbox-log-fd/--sandbox-log: the knot's own lines go there (service.SANDBOX_LOG).
+
+    Also called by knot.spawn in a knot forked without exec, with the same values.
+    """
     if (fd_text is None) != (settings is None):
         fail(name, "usage: --sandbox-log-fd and --sandbox-log go together")
     if fd_text is None or settings is None:
@@ -186,11 +190,10 @@ def set_fileno_limit(limit: int) -> None:
 
 def exec_native_init(spec: KnotSpec, environ: dict[str, str], log_fd: int | None,
                      status_fd: int | None, init_fd: int,
-                     slog: sandboxlog.Writer | None = None) -> None:
+                     slog: sandboxlog.Writer | None = None) -> str:
     """Hands pid 1 to knot/init.c: the description on a memfd, then fexecve.
 
-    Returns only if the exec failed (one line on stderr; the caller then runs the
-    Python pid 1, which does the same).
+    Returns only if the exec failed: why (the caller says what happens next).
     """
     data = initdesc.encode(initdesc.from_spec(spec, environ, log_fd, status_fd, slog))
     desc_fd = os.memfd_create("lithos-init", 0)  # inherited by init.c, which closes it
@@ -202,27 +205,40 @@ def exec_native_init(spec: KnotSpec, environ: dict[str, str], log_fd: int | None
         os.execve(init_fd, ["lithos_knot", "--name", spec.name, "--init-fd", str(desc_fd)],
                   {"TERM": os.environ.get("TERM", "dumb")})  # the knot's (T-50)
     except OSError as e:
-        code = errno.errorcode.get(e.errno or 0, str(e.errno))
-        os.write(2, f"knot[{spec.name}]: exec native init: {code} ({e.strerror}); "
-                    "the Python pid 1 runs instead\n".encode(errors="replace"))
+        why = f"{errno.errorcode.get(e.errno or 0, str(e.errno))} ({e.strerror})"
     os.close(desc_fd)
     os.close(init_fd)
+    return why
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The exec'd knot (`python3 -m knot.lithos_knot ...`): parse, read the spec, run()."""
     # K-40: the spawner blocked these before exec; block again for a knot run by hand.
     signal.pthread_sigmask(signal.SIG_BLOCK, service.WAITED_SIGNALS)
     import sys
 
     name, spec_fd, log_fd, status_fd, init_path = parse_args(
         sys.argv[1:] if argv is None else argv)
-    spec = read_spec(name, spec_fd)
+    return run(read_spec(name, spec_fd), log_fd, status_fd, init_path)
+
+
+def run(spec: KnotSpec, log_fd: int | None, status_fd: int | None, init_path: str | None,
+        *, python_pid1: bool = True) -> int:
+    """Builds the container of `spec` in this process, then becomes its pid 1.
+
+    Called by main() in an exec'd knot, and by knot.spawn in a knot forked without
+    exec from its spawner (python_pid1=False): that one must exec the native init
+    (init_path), since a Python pid 1 would keep the spawner's heap for the
+    container's life; if that exec fails, the setup fails (one line, exit 78).
+    """
     for writer in service.SANDBOX_LOG:
         writer.write(sandboxlog.INFO, f"[{spec.name}] Starting container")  # K-12
     init_fd = None  # opened now: after pivot_root the host's paths are gone
     if init_path is not None:
         init_fd = step(spec, "open native init", "", os.open, init_path,
                        os.O_RDONLY | os.O_CLOEXEC)
+    elif not python_pid1:
+        fail(spec.name, "a forked knot needs the native init")
     mnt = spec.mount_dir
     step(spec, "make / private", "", setup.make_root_private)
     step(spec, "bind image read-only", "image", setup.bind_image, spec.image_root, mnt)
@@ -249,5 +265,10 @@ def main(argv: list[str] | None = None) -> int:
     step(spec, "pivot_root", "image", setup.pivot, mnt)
     if init_fd is not None:
         slog = service.SANDBOX_LOG[0] if service.SANDBOX_LOG else None
-        exec_native_init(spec, environ, log_fd, status_fd, init_fd, slog)
+        why = exec_native_init(spec, environ, log_fd, status_fd, init_fd, slog)
+        if not python_pid1:  # LITHOS_KNOT_SPAWN=exec in the spawner avoids this
+            fail(spec.name, f"exec native init: {why}; a forked knot has no Python "
+                            "pid 1 to fall back on")
+        os.write(2, f"knot[{spec.name}]: exec native init: {why}; "
+                    "the Python pid 1 runs instead\n".encode(errors="replace"))
     return service.supervise(spec, environ, log_fd, status_fd)

@@ -1,7 +1,12 @@
 """spawn_knot: start one lithos_knot as pid 1 of new mount, pid, uts and ipc namespaces.
 
-Owns the fork/exec of a knot (used by the broker and by lithos_cmd); the caller
-stays its parent and reaper. Rules: the child gets exactly the fds it is given
+Owns the fork (and exec) of a knot (used by the broker and by lithos_cmd); the
+caller stays its parent and reaper. With the native pid 1 the knot is forked
+without exec: the child forgets the caller (fds, signal handlers, wakeup fd),
+runs knot.main.run() and execs the native pid 1; it never returns into the
+caller's code (os._exit on every path). Otherwise (Python pid 1, a threaded
+caller, LITHOS_KNOT_SPAWN=exec) it execs `python3 -m knot.lithos_knot`.
+docs/knot.md, "Forked, not exec'd". Rules: the child gets exactly the fds it is given
 (stdin/stdout/stderr, the tcp fds at their numbers, the spec and the stdio log),
 an environment of TERM only (T-50), SIGTERM/SIGINT/SIGCHLD blocked across exec
 (so a SIGTERM during the knot's setup stays pending instead of being dropped by
@@ -28,14 +33,18 @@ The unshare needs no single-threaded caller (CLONE_NEWPID does not require it).
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
+import functools
+import gc
 import os
 import select
 import signal
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from knot import initbin, linux
+from knot import main as knot_main
 from knot.exitcodes import EXIT_SETUP_FAILED
 from knot.spec import KnotSpec
 
@@ -44,6 +53,11 @@ KNOT_MODULE = "knot.lithos_knot"
 # `-m knot.lithos_knot` imports the same code as the spawner, installed or not.
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _BLOCKED = (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD)
+# LITHOS_KNOT_SPAWN=exec makes every knot an exec'd interpreter (the old way);
+# fork (the default) forks it without exec when the native pid 1 is used.
+SPAWN_ENV = "LITHOS_KNOT_SPAWN"
+SPAWN_MODES = ("fork", "exec")
+KNOT_COMM = b"lithos_knot"  # the forked knot's name (comm) until it execs the native init
 
 
 def knot_argv(name: str, spec_fd: int, log_fd: int | None,
@@ -80,14 +94,16 @@ def _place_fds(targets: Mapping[int, int]) -> None:
         if fd > low:
             os.closerange(low, fd)
         low = fd + 1
-    # Up to the highest open fd, not just the limit: fds opened before a lower
-    # RLIMIT_NOFILE was set may sit above it.
-    high = max([int(fd) for fd in os.listdir("/proc/self/fd")] + [os.sysconf("SC_OPEN_MAX")])
-    os.closerange(low, high + 1)
+    # Every fd above, whatever RLIMIT_NOFILE says now (fds opened before a lower
+    # limit was set may sit above it): CPython makes this one close_range(2).
+    os.closerange(low, _FD_MAX)
+
+
+_FD_MAX = 2**31 - 1
 
 
 def _child(argv: list[str], fds: Mapping[int, int], parent_pidfd: int, pdeathsig: bool,
-           netns_fd: int | None) -> None:
+           netns_fd: int | None, go_r: int) -> None:
     try:
         if pdeathsig:
             linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -96,7 +112,10 @@ def _child(argv: list[str], fds: Mapping[int, int], parent_pidfd: int, pdeathsig
                 os._exit(EXIT_SETUP_FAILED)
         if netns_fd is not None:  # bridged (K-30): the netns the broker prepared
             linux.setns(netns_fd, linux.CLONE_NEWNET)
+        if netns_fd is not None:  # bridged (K-30): the netns the broker prepared
+            linux.setns(netns_fd, linux.CLONE_NEWNET)
         linux.unshare(linux.CLONE_NEWNS | linux.CLONE_NEWUTS | linux.CLONE_NEWIPC)
+        _wait_go(go_r)
         _place_fds(fds)
         os.chdir(_PACKAGE_PARENT)
         os.execve(sys.executable, argv, {"TERM": os.environ.get("TERM", "dumb")})
@@ -107,6 +126,81 @@ def _child(argv: list[str], fds: Mapping[int, int], parent_pidfd: int, pdeathsig
             os._exit(EXIT_SETUP_FAILED)
 
 
+@functools.cache
+def _argv_area() -> tuple[int, int]:
+    """This process's argv area (arg_start, arg_end: /proc/self/stat fields 48, 49).
+
+    Read in the spawner, once: a forked child has the same addresses.
+    """
+    with open("/proc/self/stat", "rb") as f:
+        stat = f.read()
+    fields = stat[stat.rindex(b")") + 2:].split()
+    return int(fields[45]), int(fields[46])
+
+
+def _show_as_knot(name: str, area: tuple[int, int]) -> None:
+    """Best effort: /proc/self/cmdline reads `lithos_knot --name NAME` (pgrep -f, lithos_ps).
+
+    The forked knot still has its spawner's argv area until it execs the native
+    init; the name is written over it in place (as setproctitle does) when it fits.
+    PR_SET_MM would need CAP_SYS_RESOURCE. broker.children does not rely on this:
+    it also knows a forked knot by its comm, KNOT_COMM.
+    """
+    start, end = area
+    text = b"lithos_knot\0--name\0" + name.encode() + b"\0"
+    if 0 < start < end and len(text) <= end - start:
+        ctypes.memmove(start, text.ljust(end - start, b"\0"), end - start)
+
+
+def _forked_child(spec: KnotSpec, fds: Mapping[int, int], log_no: int | None,
+                  status_no: int | None, native_init: str, parent_pidfd: int,
+                  pdeathsig: bool, go_r: int, argv_area: tuple[int, int],
+                  netns_fd: int | None, sandbox_log: tuple[int | None, str] | None) -> None:
+    """The knot forked without exec: forget the spawner, set up, exec the native init."""
+    try:
+        gc.disable()  # a few ms to live: a collection would only copy the spawner's pages
+        # The spawner's signal plumbing is not ours: its Python handlers would run
+        # its code here. SIGTERM, SIGINT and SIGCHLD stay blocked (K-40).
+        signal.set_wakeup_fd(-1)
+        for signo in range(1, signal.NSIG):
+            if callable(signal.getsignal(signo)):
+                signal.signal(signo, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, _BLOCKED)
+        linux.prctl(linux.PR_SET_NAME, ctypes.addressof(_COMM))
+        _show_as_knot(spec.name, argv_area)
+        if pdeathsig:
+            linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
+            if select.select([parent_pidfd], [], [], 0)[0]:
+                os._exit(EXIT_SETUP_FAILED)
+        if netns_fd is not None:  # bridged (K-30): the netns the broker prepared
+            linux.setns(netns_fd, linux.CLONE_NEWNET)
+        linux.unshare(linux.CLONE_NEWNS | linux.CLONE_NEWUTS | linux.CLONE_NEWIPC)
+        _wait_go(go_r)
+        _place_fds(fds)  # the spawner's sockets, pipes and pidfds: all closed
+        os.chdir("/")
+        if sandbox_log is not None:  # as the exec'd knot's --sandbox-log-fd/--sandbox-log
+            knot_main.use_sandbox_log(spec.name, str(sandbox_log[0]), sandbox_log[1])
+        knot_main.run(spec, log_no, status_no, native_init, python_pid1=False)
+    except BaseException as e:  # noqa: BLE001 - a forked child must never return
+        try:
+            os.write(2, f"knot[{spec.name}]: spawn: {e!r}\n".encode(errors="replace"))
+        finally:
+            os._exit(EXIT_SETUP_FAILED)
+    os._exit(EXIT_SETUP_FAILED)  # run() returns only from a Python pid 1
+
+
+_COMM = ctypes.create_string_buffer(KNOT_COMM)
+
+
+def fork_wanted(native_init: str | None) -> bool:
+    """Whether to fork the knot without exec: only with the native pid 1 (a Python
+    pid 1 would keep the spawner's heap), single-threaded (a fork copies one thread
+    and the others' locks), and unless LITHOS_KNOT_SPAWN=exec."""
+    if native_init is None or os.environ.get(SPAWN_ENV, "fork") == "exec":
+        return False
+    return len(os.listdir("/proc/self/task")) == 1
+
+
 AUTO = "auto"
 
 
@@ -115,8 +209,10 @@ def spawn_knot(spec: KnotSpec, *, inherited_fds: Mapping[int, int], stdin: int, 
                status_fd: int | None = None,
                native_init: str | os.PathLike[str] | None = AUTO,
                netns_fd: int | None = None,
-               sandbox_log: tuple[int, str] | None = None) -> int:
-    """Forks and execs the knot for `spec`; returns its pid as the caller sees it.
+               sandbox_log: tuple[int, str] | None = None,
+               fork: bool | None = None,
+               before_setup: Callable[[int], None] | None = None) -> int:
+    """Starts the knot for `spec`; returns its pid as the caller sees it.
 
     inherited_fds maps the fd number the service must see (spec.tcp_fds) to the
     caller's fd; the knot gets each at that number (fd 0 replaces stdin). stdin,
@@ -135,32 +231,48 @@ def spawn_knot(spec: KnotSpec, *, inherited_fds: Mapping[int, int], stdin: int, 
     joins before anything else; None keeps the caller's. The knot never gets the fd.
     sandbox_log: (fd, settings) of the sandbox log (protocol.sandboxlog): the fd
     the spawner opened and SandboxLog.to_arg(); the knot's own lines go there.
-    Raises: ValueError if inherited_fds does not match spec.tcp_fds; OSError.
+    fork: True forks the knot without exec (it runs knot.main.run() in the child,
+    then execs the native init: needs one); False execs `python3 -m
+    knot.lithos_knot`; None (default) decides with fork_wanted().
+    before_setup(pid) runs in the caller while the knot waits, before it execs or
+    sets anything up (so before the service exists): to put it in its cgroup (T-51).
+    If it raises, the knot is killed and reaped and the exception propagates.
+    Raises: ValueError if inherited_fds does not match spec.tcp_fds, or fork=True
+    without a native init; OSError.
     """
     if sorted(inherited_fds) != sorted(spec.tcp_fds):
         raise ValueError(f"{spec.name}: inherited fds {sorted(inherited_fds)} do not match "
                          f"tcp fds {sorted(spec.tcp_fds)}")
+    if native_init == AUTO:
+        native_init = initbin.choose()
+    init = None if native_init is None else os.fspath(native_init)
+    if fork is None:
+        fork = fork_wanted(init)
+    elif fork and init is None:
+        raise ValueError(f"{spec.name}: a forked knot needs the native init")
     fds = {0: stdin, 1: stdout, 2: stderr, **inherited_fds}
-    spec_no = max(fds) + 1
+    spec_no = max(fds) + 1  # the exec'd knot's spec; a forked one has the spec object
     log_no = spec_no + 1 if stdio_log is not None else None
     status_no = max(spec_no, log_no or 0) + 1 if status_fd is not None else None
-    spec_fd = _spec_memfd(spec)
-    own_pidns = pidfd = -1
+    spec_fd = own_pidns = pidfd = go_r = go_w = -1
+    argv_area = _argv_area() if fork else (0, 0)
     try:
-        fds[spec_no] = spec_fd
+        if before_setup is not None:
+            go_r, go_w = os.pipe2(os.O_CLOEXEC)
+        if not fork:
+            fds[spec_no] = spec_fd = _spec_memfd(spec)
         if stdio_log is not None and log_no is not None:
             fds[log_no] = stdio_log
         if status_fd is not None and status_no is not None:
             fds[status_no] = status_fd
         argv = knot_argv(spec.name, spec_no, log_no, status_no)
+        slog_no: int | None = None
         if sandbox_log is not None:  # the sandbox log (protocol.sandboxlog)
-            slog_no = max(fds) + 1
+            slog_no = max(max(fds), spec_no) + 1
             fds[slog_no] = sandbox_log[0]
             argv += ["--sandbox-log-fd", str(slog_no), "--sandbox-log", sandbox_log[1]]
-        if native_init == AUTO:
-            native_init = initbin.choose()
-        if native_init is not None:
-            argv += ["--init", os.fspath(native_init)]
+        if init is not None:
+            argv += ["--init", init]
         pidfd = os.pidfd_open(os.getpid())
         own_pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
         # Blocked across the fork too: a SIGTERM between fork and exec would be
@@ -170,13 +282,31 @@ def spawn_knot(spec: KnotSpec, *, inherited_fds: Mapping[int, int], stdin: int, 
         try:
             pid = os.fork()
             if pid == 0:
-                _child(argv, fds, pidfd, pdeathsig, netns_fd)
+                if fork and init is not None:
+                    slog = None if sandbox_log is None else (slog_no, sandbox_log[1])
+                    _forked_child(spec, fds, log_no, status_no, init, pidfd, pdeathsig, go_r,
+                                  argv_area, netns_fd, slog)
+                _child(argv, fds, pidfd, pdeathsig, netns_fd, go_r)
         finally:
             # Children we fork later (and the broker's other work) stay in our namespace.
             linux.setns(own_pidns, linux.CLONE_NEWPID)
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        if before_setup is not None:
+            try:
+                before_setup(pid)
+            except BaseException:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                raise
+            os.write(go_w, b"g")
         return pid
     finally:
-        for fd in (spec_fd, own_pidns, pidfd):
+        for fd in (spec_fd, own_pidns, pidfd, go_r, go_w):
             if fd >= 0:
                 os.close(fd)
+
+
+def _wait_go(go_r: int) -> None:
+    """In the child: until the spawner's before_setup is done (one byte; EOF: it died)."""
+    if go_r >= 0 and os.read(go_r, 1) != b"g":
+        os._exit(EXIT_SETUP_FAILED)

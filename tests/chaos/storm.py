@@ -246,8 +246,9 @@ class Storm:
             if len(pids) > 1:
                 problems.append(f"{name}: {len(pids)} knots {pids}")
             for pid in pids:
-                if proc_ppid(pid) != lt.pid:
-                    problems.append(f"{name}: knot {pid} is a child of {proc_ppid(pid)}")
+                parent = proc_ppid(pid)  # None: it exited since (a crashy one may)
+                if parent is not None and parent != lt.pid:
+                    problems.append(f"{name}: knot {pid} is a child of {parent}")
         for inst in self.steady:
             if knots.get(inst) != [self.knots[inst]]:
                 problems.append(f"{inst}: knots in /proc {knots.get(inst)}")

@@ -110,6 +110,7 @@ class Env:
     host_hosts: Path
     started: list[Knot]
     native_init: Path | None  # None: the Python pid 1
+    fork: bool | None = None  # spawn_knot's: None lets it choose (fork with a native init)
 
     def spec(self, script: str, **overrides: Any) -> KnotSpec:
         name = overrides.pop("name", "test/svc.0")
@@ -132,7 +133,8 @@ class Env:
         return dataclasses.replace(base, **overrides)
 
     def start(self, spec: KnotSpec, inherited_fds: dict[int, int] | None = None,
-              events: bool = False, status_fd: int | None = None) -> Knot:
+              events: bool = False, status_fd: int | None = None,
+              before_setup: Any = None) -> Knot:
         """Spawns a knot; with events=True the service's fd 3 is a pipe read by read_event."""
         fds = dict(inherited_fds or {})
         events_r = -1
@@ -148,7 +150,8 @@ class Env:
         try:
             pid = spawn_knot(spec, inherited_fds=fds, stdin=null,
                              stdout=err_fd, stderr=err_fd, stdio_log=log_fd,
-                             status_fd=status_fd, native_init=self.native_init)
+                             status_fd=status_fd, native_init=self.native_init,
+                             fork=self.fork, before_setup=before_setup)
         finally:
             for fd in (log_fd, err_fd, null):
                 os.close(fd)

@@ -133,11 +133,26 @@ def test_a_native_init_that_cannot_be_execd_falls_back_to_python(env):
     bogus.write_text("not a program\n")
     bogus.chmod(0o755)
     env.native_init = bogus
+    env.fork = False  # an exec'd knot has a Python pid 1 of its own to fall back on
     code, knot = env.run(env.spec("exit 5", normal_exit_codes=(5,)))
     assert code == 0                                  # the Python pid 1 ran the service
     assert knot.stderr_text() == ("knot[test/svc.0]: exec native init: ENOEXEC (Exec format "
                                   "error); the Python pid 1 runs instead\n")
     assert "exited with code 5, uptime 0s -----" in knot.log_text()
+
+
+def test_a_forked_knot_whose_native_init_cannot_be_execd_fails_its_setup(env):
+    # A Python pid 1 forked from the spawner would keep the spawner's heap: no fallback.
+    bogus = env.tmp / "not-an-elf"
+    bogus.write_text("not a program\n")
+    bogus.chmod(0o755)
+    env.native_init = bogus
+    env.fork = True
+    code, knot = env.run(env.spec("exit 5", normal_exit_codes=(5,)))
+    assert code == 78
+    assert knot.stderr_text() == ("knot[test/svc.0]: exec native init: ENOEXEC (Exec format "
+                                  "error); a forked knot has no Python pid 1 to fall back on\n")
+    assert "exited with code" not in knot.log_text()
 
 
 def test_a_missing_native_init_is_a_setup_failure(env):

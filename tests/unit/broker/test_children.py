@@ -86,6 +86,20 @@ def unique_knot():
     proc.wait()
 
 
+@pytest.fixture
+def forked_knot_mid_setup():
+    """A process as a knot forked without exec is during its setup: its spawner's
+    cmdline (no `--name`), comm `lithos_knot` (knot.spawn names it at once)."""
+    code = ("import ctypes, sys; ctypes.CDLL(None).prctl(15, b'lithos_knot', 0, 0, 0); "
+            "print('ready', flush=True); sys.stdin.read()")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
 def test_intended_start_whose_knot_runs_is_adopted(tmp_path: Path, unique_knot) -> None:
     name, proc = unique_knot
     table = Children(tmp_path)
@@ -116,3 +130,21 @@ def test_abandoned_intent_leaves_no_record(tmp_path: Path) -> None:
     table.intend(new_child("sb/p.9", -1, "fp1", None, []))
     table.abandon("sb/p.9")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_knot_still_in_its_setup_is_recovered_by_comm_and_start_time(
+    tmp_path: Path, forked_knot_mid_setup: subprocess.Popen[bytes]
+) -> None:
+    pid = forked_knot_mid_setup.pid
+    assert proc_knot_name(pid) is None
+    Children(tmp_path).add(new_child("sb/p.0", pid, "fp1", None, []))
+    assert [c.pid for c in Children(tmp_path).recover()] == [pid]
+
+
+def test_a_process_named_lithos_knot_with_another_start_time_is_not_recovered(
+    tmp_path: Path, forked_knot_mid_setup: subprocess.Popen[bytes]
+) -> None:
+    child = new_child("sb/p.0", forked_knot_mid_setup.pid, "fp1", None, [])
+    child.start_ticks += 1  # the pid was reused by another process so named
+    Children(tmp_path).add(child)
+    assert Children(tmp_path).recover() == []
