@@ -83,8 +83,8 @@ def test_three_instances_serve_one_port(lithos) -> None:
                    f"web: {{image: py.v1, config: /config/web.yaml, instances: 3, "
                    f"variables: {{port: {port}}}}}\n")  # fmt: skip
     lithos.start()
-    for i in range(3):
-        lithos.wait_stdio("py", rf'Starting "py/web\.{i}"')
+    for i in range(3):  # each accepts once it serves (a loaded machine starts them slowly)
+        lithos.wait_stdio("py", rf"^py/web\.{i}: serving on fd 3$")
     seen: set[str] = set()
     for _ in range(600):
         reply = get(port)
