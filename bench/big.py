@@ -128,6 +128,13 @@ def _tree(env: BenchEnv, tree: Contender, only: list[str], opts: Options,
         if cold.error:
             return
         tree.settle()
+        sup = treeops.supervisor_pid(tree.broker)
+        ticks = {name: treeops.cpu(pid)[0] for name, pid in
+                 (("broker", tree.broker), ("supervisor", sup))}
+        lines.append("lithos tree: CPU from cold to all ready (the knots' own excluded): "
+                     + ", ".join(f"{name} {t * 1000 / treeops.CLK_TCK:.0f} ms "
+                                 f"({t * 1000 / treeops.CLK_TCK / opts.n:.2f} ms per container)"
+                                 for name, t in ticks.items()))
         pss, uss = tree.control_kb()
         lines.append(f"lithos tree: broker + supervisor {pss} kB PSS, {uss} kB USS with "
                      f"{opts.n} containers")
