@@ -190,6 +190,20 @@ class Inotify:
 
 # -- the measures ----------------------------------------------------------------
 
+def interpreter_ms(code: str, samples: int = 5) -> float:
+    """Median ms of `python3 -c CODE` from the worktree: the floor under a supervisor
+    start (`import supervisor.main`) or a broker re-exec (`import broker.main`)."""
+    import subprocess
+    import sys
+
+    times = []
+    for _ in range(samples):
+        t0 = time.perf_counter_ns()
+        subprocess.run([sys.executable, "-c", code], check=True)
+        times.append((time.perf_counter_ns() - t0) / NS_PER_MS)
+    return Result(times).median or 0.0
+
+
 @dataclass
 class Idle:
     seconds: float
