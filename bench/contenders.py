@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # knot may be absent on a branch: imported where used
 
 from bench.env import PAYLOAD_HOLD, PAYLOAD_ONCE, BenchEnv, children, comm
 
-PAYLOAD_COMMS = {"lbready", "lbonce", "lbfifo"}
+PAYLOAD_COMMS = {"lbready", "lbonce", "lbfifo", "lbhostfifo"}
 
 
 def payload(hold: bool) -> str:

@@ -28,8 +28,12 @@ static long sys3(long n, long a, long b, long c) {
 void _start(void) {
     char byte = 'x';
 #ifdef FIFO
-    /* open("/ready/fifo", O_WRONLY) then write: for lithos_tree, which passes no fd 3 */
-    static const char path[] = "/ready/fifo";
+    /* open("/ready/fifo", O_WRONLY) then write: for lithos_tree, which passes no fd 3
+       (FIFO_PATH: another path, for supervisord, whose programs run on the host) */
+#ifndef FIFO_PATH
+#define FIFO_PATH "/ready/fifo"
+#endif
+    static const char path[] = FIFO_PATH;
     long fd = sys3(2, (long)path, 1, 0);
     sys3(1, fd, (long)&byte, 1);
 #else
@@ -49,7 +53,10 @@ PAYLOAD_PORTABLE = r"""
 #include <unistd.h>
 int main(void) {
 #ifdef FIFO
-    write(open("/ready/fifo", O_WRONLY), "x", 1);
+#ifndef FIFO_PATH
+#define FIFO_PATH "/ready/fifo"
+#endif
+    write(open(FIFO_PATH, O_WRONLY), "x", 1);
 #else
     write(3, "x", 1);
 #endif

@@ -1,9 +1,11 @@
 """python3 -m bench.run: lithos and its peers on the same work, in the same run.
 
 Usage (as root): python3 -m bench.run [--quick] [--only spawn,many,memory,restart]
+                 [--only tree1000,idle,recovery,reexec] [--big-n 1000] [--idle-s 60]
+                 [--ops-samples 3]
                  [--n 100] [--samples 50] [--install-peers] [--no-nice]
                  [--contenders floor,lithos,lithos-exec,lithos-python,lithos-S,lithos-fork,tree,
-                               unshare,bwrap,crun]
+                               unshare,bwrap,crun,supervisord]
 Prints the machine, then one table per measurement with the median, p90 and the
 ratio to the C floor measured in the same run. A contender that is missing (no
 bwrap, no knot.spawn on this branch) is named and skipped. --install-peers
@@ -22,16 +24,18 @@ import subprocess
 import sys
 import time
 
-from bench import measure
+from bench import big, measure
 from bench.contenders import ALL, Contender
 from bench.env import BenchEnv, BenchError
+from bench.supervisord import Supervisord
 from bench.tree import LithosTree
 
-MEASUREMENTS = ("spawn", "many", "memory", "restart")
+DEFAULT_MEASUREMENTS = ("spawn", "many", "memory", "restart")
+MEASUREMENTS = (*DEFAULT_MEASUREMENTS, *big.BIG)
 KEYS = {"floor": "C floor", "lithos": "lithos", "lithos-exec": "lithos exec",
         "lithos-python": "lithos python", "lithos-S": "lithos -S",
         "lithos-fork": "lithos fork", "tree": "lithos tree", "unshare": "unshare",
-        "bwrap": "bwrap", "crun": "crun"}
+        "bwrap": "bwrap", "crun": "crun", "supervisord": "supervisord"}
 CRUN_MANY_MAX = 100  # crun is slow to start in bulk; larger N only for the others
 
 
@@ -131,8 +135,9 @@ def _ordered(contenders: list[Contender], results: dict[str, measure.Result]) ->
     return [(c.name, results[c.name]) for c in contenders if c.name in results]
 
 
-def _parse_list(value: str, allowed: tuple[str, ...], flag: str) -> list[str]:
-    items = [v for v in value.split(",") if v] if value else list(allowed)
+def _parse_list(value: str, allowed: tuple[str, ...], flag: str,
+                default: tuple[str, ...] | None = None) -> list[str]:
+    items = [v for v in value.split(",") if v] if value else list(default or allowed)
     bad = [v for v in items if v not in allowed]
     if bad:
         raise BenchError(f"bench: {flag}: {','.join(bad)} is not one of {','.join(allowed)}")
@@ -140,7 +145,7 @@ def _parse_list(value: str, allowed: tuple[str, ...], flag: str) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    only = _parse_list(args.only, MEASUREMENTS, "--only")
+    only = _parse_list(args.only, MEASUREMENTS, "--only", DEFAULT_MEASUREMENTS)
     wanted = {KEYS[w] for w in _parse_list(args.contenders, tuple(KEYS), "--contenders")}
     samples = args.samples or (5 if args.quick else 50)
     n = args.n or (20 if args.quick else 100)
@@ -159,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"- work dir: {env.tmp} (removed at exit)")
     contenders: list[Contender] = []
     try:
-        for cls in (*ALL[:5], *_zygote(), LithosTree, *ALL[5:]):
+        for cls in (*ALL[:5], *_zygote(), LithosTree, *ALL[5:], Supervisord):
             c = cls(env)
             if c.name not in wanted:
                 continue
@@ -177,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"- python3 start to exit (`-c pass`): {python_startup_ms([]):.1f} ms; "
                   f"with -S (no site, no .pth files): {python_startup_ms(['-S']):.1f} ms")
         if "spawn" in only:
-            spawnable = [c for c in contenders if c.name != "lithos tree"]
+            spawnable = [c for c in contenders if c.name not in ("lithos tree", "supervisord")]
             results = measure.spawn_latency(env, spawnable, samples)
             table(f"Spawn latency: start request -> first instruction ({samples} samples, "
                   "interleaved)", "ms", _ordered(spawnable, results))
@@ -191,6 +196,9 @@ def run(args: argparse.Namespace) -> int:
                     results[c.name].note = RESTART_NOTES.get(c.name, "")
             table(f"Restart latency: kill -9 of the service -> first instruction of the new "
                   f"one ({samples} samples, interleaved)", "ms", _ordered(restartable, results))
+        if any(m in only for m in big.BIG):
+            big.run(env, contenders, only, big.options(args.big_n, args.idle_s,
+                                                      args.ops_samples))
         print(f"\n- load average after the run: {_load()}")
     finally:
         try:  # processes first: a cgroup or a crun state can go only once they are gone
@@ -230,6 +238,8 @@ def _many_and_memory(env: BenchEnv, contenders: list[Contender], n: int,
     many_rows: list[tuple[str, int, measure.Result]] = []
     mem_rows: list[tuple[str, int, measure.Memory | None]] = []
     for c in contenders:
+        if c.name == "supervisord":  # a peer for the 1000-container run only
+            continue
         cn = min(n, CRUN_MANY_MAX) if c.name == "crun" else n
         result, mem = measure.many(env, c, cn, "memory" in only)
         many_rows.append((c.name, cn, result))
@@ -257,9 +267,16 @@ def _interrupt(signum: int, frame: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python3 -m bench.run", description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="5 samples, N=20 (under 30 s)")
-    p.add_argument("--only", default="", help=f"comma-separated: {','.join(MEASUREMENTS)}")
+    p.add_argument("--only", default="", help=f"comma-separated: {','.join(MEASUREMENTS)} "
+                   f"(default: {','.join(DEFAULT_MEASUREMENTS)})")
     p.add_argument("--n", type=int, default=0, help="containers for many/memory (default 100)")
     p.add_argument("--samples", type=int, default=0, help="samples per latency (default 50)")
+    p.add_argument("--big-n", type=int, default=1000,
+                   help="containers for tree1000, idle, recovery, reexec (default 1000)")
+    p.add_argument("--idle-s", type=float, default=60.0, help="idle period (default 60 s)")
+    p.add_argument("--ops-samples", type=int, default=3,
+                   help="samples of recovery and reexec (default 3; recovery ones are "
+                        "SUPERVISOR_STABLE_S apart)")
     p.add_argument("--contenders", default="", help=f"comma-separated: {','.join(KEYS)}")
     p.add_argument("--no-nice", action="store_true",
                    help="keep the current nice value (default: run at nice -20)")

@@ -47,6 +47,7 @@ class LithosTree(Contender):
         self.fifo = -1
         self.root = env.tmp / "tree"
         self.cgroup_name = f"lithos-bench-{os.getpid()}.slice"
+        self.extra_env: dict[str, str] = {}  # e.g. NOTIFY_SOCKET (bench/treeops.py)
 
     def missing(self) -> str | None:
         try:
@@ -96,7 +97,8 @@ class LithosTree(Contender):
         self.broker = self.env.spawn([sys.executable, "-m", "broker.main", "-C",
                                       str(self.root / "master.yaml"), "--log-stderr"],
                                      ready_fd=False,
-                                     extra_env={"LITHOS_INIT_CACHE": str(self.env.tmp / "init")})
+                                     extra_env={"LITHOS_INIT_CACHE": str(self.env.tmp / "init"),
+                                                **self.extra_env})
 
     def start_one(self, hold: bool) -> None:
         raise BenchError("lithos tree: measured only from cold (many) and on restart")
@@ -107,6 +109,10 @@ class LithosTree(Contender):
     def start_restarting(self) -> int:
         self._start_tree(1)
         return self.broker
+
+    @property
+    def runtime_dir(self) -> Path:
+        return self.root / "run"
 
     def control_pids(self) -> list[int]:
         """The broker and the supervisor (every child of the broker that is not a knot)."""

@@ -6,7 +6,10 @@ inside a container). The records are what lets a broker find its containers
 again after a re-exec (they are still its children) or after it was killed
 (they were reparented; they are watched through pidfds). Rules:
 - A record is trusted only when /proc/<pid> still shows a knot with that
-  instance name and the same start time (pid reuse is detected, not guessed).
+  instance name and the same start time (pid reuse is detected, not guessed),
+  or, after a re-exec, when the previous image handed that very child over
+  (`trusted`): a child stays ours across execve, and only we can reap it, so its
+  pid cannot have been reused (it is alive or our zombie).
 - Only the broker writes here; it never decides when to start or stop.
 - A start writes the record before the fork, with pid -1 (`intend`), and again
   with the pid after it (`add`): a broker killed in between leaves a record that
@@ -21,7 +24,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -182,17 +185,26 @@ class Children:
             os.close(fd)
         return child
 
-    def recover(self) -> list[Child]:
+    def recover(self, trusted: Mapping[str, Child] | None = None) -> list[Child]:
         """Reads the records left by a previous broker; keeps the live ones.
 
         A record whose pid is gone, or now belongs to another process, is
         deleted and logged. A knot that is no longer our child (the previous
         broker was killed) is watched through a pidfd (`orphan_pidfd`).
+        `trusted` (record name -> Child): the children our previous image handed
+        over in a re-exec; their records are neither read nor checked in /proc.
         """
         self.records_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         recovered = []
         me = os.getpid()
+        trusted = trusted or {}
         for path in sorted(self.records_dir.glob("*.json")):
+            handed = trusted.get(path.stem)
+            if handed is not None:
+                self._by_pid[handed.pid] = handed
+                self._by_name[handed.instance] = handed
+                recovered.append(handed)
+                continue
             try:
                 child = Child.from_json(path.read_text())
             except (OSError, ValueError, TypeError, KeyError) as e:
@@ -284,6 +296,21 @@ def _in_group(pid: int | None, group: str) -> bool:
             return any(line.rstrip("\n").endswith(f":/{group}") for line in f)
     except OSError:
         return False
+
+
+def handed_over(texts: object) -> dict[str, Child]:
+    """The children a previous image listed (Child.to_json texts) by record name;
+    entries that do not parse are left out (their records are checked in /proc)."""
+    out: dict[str, Child] = {}
+    if not isinstance(texts, list):
+        return out
+    for text in texts:
+        try:
+            child = Child.from_json(text)
+        except (ValueError, TypeError, KeyError, AttributeError):
+            continue
+        out[record_name(child.instance)] = child
+    return out
 
 
 def new_child(

@@ -29,7 +29,7 @@ from typing import Any
 
 from broker import starter
 from broker.cgroups import CgroupError, CgroupLayout, instance_group
-from broker.children import Child, Children, new_child
+from broker.children import Child, Children, handed_over, new_child
 from broker.configs import ConfigCache
 from broker.daemon import Account, spawn_supervisor
 from broker.logrelay import LogRelay
@@ -68,7 +68,9 @@ HANDLED_SIGNALS = (*REEXEC_SIGNALS, signal.SIGCHLD, signal.SIGTERM, signal.SIGIN
 MAX_CONTROL_PEERS = 256
 METRIC_SUFFIXES = (".meta", ".values", ".prom")  # supervisor/metrics_file.py writes them
 ACCEPT_PAUSE_S = 1.0
-SUPERVISOR_BACKOFF_S = (0.1, 0.5, 1.0, 2.0, 5.0, 10.0)
+# The first restart is immediate (a supervisor that lived SUPERVISOR_STABLE_S had
+# no crash loop; containers go unsupervised until its successor is ready).
+SUPERVISOR_BACKOFF_S = (0.0, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0)
 SUPERVISOR_STABLE_S = 10.0  # a supervisor that lived this long resets the back-off
 # Signals the supervisor may ask for (the wire type already restricts the set).
 ALLOWED_SIGNALS = frozenset(
@@ -138,7 +140,9 @@ class Broker:
         self.started_mono = time.monotonic()
         self.control: socket.socket | None = None
         self.resumed = resume is not None
+        self.handed_over: dict[str, Child] = {}
         if resume is not None:
+            self.handed_over = handed_over(resume.get("children"))
             self.ports = PortTable.adopt(resume.get("ports", {}))
             for raw in resume.get("pending_exits", []):
                 with contextlib.suppress(TypeError, ValueError):
@@ -158,9 +162,10 @@ class Broker:
         self.cgroups = cgroups
         if self.resumed:
             failpoints.hit("broker.reexec.after_exec")
-        for child in self.children.recover():
+        for child in self.children.recover(self.handed_over):
             log.info("%s: recovered (pid %d)", child.instance, child.pid)
             self._watch_orphan(child)
+        self.handed_over = {}
         for child in self.children.found:
             if cgroups is not None and child.cgroup is not None:
                 try:
@@ -660,6 +665,9 @@ class Broker:
             "ports": self.ports.export(),
             "pending_exits": [asdict(e) for e in self.pending],
             "supervisor_pid": sup_pid,
+            # Our own children only (not the orphans of a killed broker, watched
+            # through pidfds): they stay ours across the exec (children.py).
+            "children": [c.to_json() for c in self.children if c.orphan_pidfd < 0],
             "started_at_wall": self.options.started_at_wall,
         }
         # The mask survives execve: a signal that comes before the new image has

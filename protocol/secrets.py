@@ -26,9 +26,6 @@ import re
 import stat
 from collections.abc import Collection, Mapping, Sequence
 
-import nacl.bindings
-import nacl.exceptions
-
 from protocol.sshkeys import ED25519, KeyFormatError, PrivateKey, parse_private_keys
 
 __all__ = [
@@ -78,6 +75,9 @@ def encrypt(public_key: bytes, namespace: str, secret: str) -> str:
         raise SecretError(f"invalid namespace, {NAMESPACE_RULE}")
     if len(public_key) != 32:
         raise SecretError(f"ed25519 public key is {len(public_key)} bytes, expected 32")
+    import nacl.bindings  # here: lithos_tree imports this module, never encrypts
+    import nacl.exceptions
+
     try:
         curve_public = nacl.bindings.crypto_sign_ed25519_pk_to_curve25519(public_key)
     except nacl.exceptions.CryptoError:
@@ -256,6 +256,9 @@ def _open_sealed(key: PrivateKey, cipher: bytes) -> bytes:
             f"encrypted data is too short ({len(cipher)} bytes, a sealed box has at least "
             f"{_SEALBYTES}; is the value truncated?)"
         )
+    import nacl.bindings  # here, not at the top: see encrypt
+    import nacl.exceptions
+
     try:
         # As the original: the curve25519 public key comes from the stored ed25519 public
         # key, the secret one from the seed (sha512(seed)[:32], clamped).
@@ -270,6 +273,8 @@ def _open_sealed(key: PrivateKey, cipher: bytes) -> bytes:
 
 
 def _derive_public(seed: bytes) -> bytes:
+    import nacl.bindings  # here, not at the top: see encrypt
+
     public_key, _ = nacl.bindings.crypto_sign_seed_keypair(seed)
     return public_key
 

@@ -67,6 +67,9 @@ def entry_instances(
         raise ConfigError(problems)
     data = read_in_image(image, process.config)
     container = parse_container(data, f"{image}{process.config}")
+    # Without ip-addresses the index is not part of an instance's identity (P-2):
+    # one fingerprint serves every instance (1000 instances: one hash, not 1000).
+    shared = None if process.ip_addresses else fingerprint_of(process, 0, data)
     out = []
     for index in range(process.instances):
         # The broker's own check (variables, ports, ids): a container the broker
@@ -75,7 +78,7 @@ def entry_instances(
         made = instantiate(container, process, sandbox, f"{sandbox.name}/{name}.{index}", index)
         ports = frozenset(f"{cfg.host}:{port}" for port, cfg in made.tcp_ports.items())
         spec = InstanceSpec(
-            fingerprint_of(process, index, data),
+            shared if shared is not None else fingerprint_of(process, index, data),
             float(container.restart_timeout),
             float(container.kill_timeout),
         )

@@ -67,6 +67,7 @@ class Supervisor:
         self.pending: dict[int, Pending] = {}
         self.ids = itertools.count(1)
         self.ready = False
+        self.publish_due = False
         self.metrics = Metrics()
         self.metric_files = MetricsFiles(master.runtime_dir)
 
@@ -101,9 +102,18 @@ class Supervisor:
             log.log(t.log.level, t.log.fmt, *t.log.args)
         self.metrics.record(inst, t)
         self.execute(t.actions)
-        self.publish_metrics()
+        self.metrics_changed()
+
+    def metrics_changed(self) -> None:
+        """Publishes once at the end of this loop iteration, however many events it
+        handled (levels are a pass over every instance: per event, a cold start of
+        N would cost N passes over N)."""
+        if not self.publish_due:
+            self.publish_due = True
+            self.loop.call_later(0, self.publish_metrics)
 
     def publish_metrics(self) -> None:
+        self.publish_due = False
         self.metrics.set_levels(self.instances.values())
         self.metric_files.publish(self.metrics.samples())
 

@@ -83,6 +83,9 @@ class Metrics:
         self.master = MasterCounts()
         self.containers = ContainerCounts()
         self.processes: dict[tuple[str, str], Counts] = {e: Counts() for e in entries}
+        # instance name -> its (sandbox, process) entry: set_levels looks every
+        # instance up at each publish; parse each name once.
+        self._entry_of: dict[str, tuple[str, str] | None] = {}
 
     def configure(self, entries: Iterable[tuple[str, str]], *, sandboxes: int,
                   containers: int) -> None:
@@ -145,9 +148,14 @@ class Metrics:
 
     def _entry(self, name: str) -> Counts | None:
         try:
-            return self.processes.get(parse_instance_name(name).entry)
-        except ValueError:
-            return None
+            key = self._entry_of[name]
+        except KeyError:
+            try:
+                key = parse_instance_name(name).entry
+            except ValueError:
+                key = None
+            self._entry_of[name] = key
+        return None if key is None else self.processes.get(key)
 
     def samples(self) -> list[Sample]:
         """Every metric in visit order (X-M4, plus containers.unknown after running)."""

@@ -9,7 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from broker.children import Children, new_child, proc_knot_name, proc_start_ticks
+from broker.children import (
+    Children,
+    handed_over,
+    new_child,
+    proc_knot_name,
+    proc_start_ticks,
+)
 
 
 @pytest.fixture
@@ -148,3 +154,20 @@ def test_a_process_named_lithos_knot_with_another_start_time_is_not_recovered(
     child.start_ticks += 1  # the pid was reused by another process so named
     Children(tmp_path).add(child)
     assert Children(tmp_path).recover() == []
+
+
+def test_children_handed_over_in_a_reexec_are_taken_without_proc_checks(
+    tmp_path: Path, fake_knot: subprocess.Popen[bytes]
+) -> None:
+    table = Children(tmp_path)
+    child = new_child("sb/p.0", fake_knot.pid, "fp1", None, [("0.0.0.0", 80)])
+    table.add(child)
+    texts = [c.to_json() for c in table]
+    child.start_ticks += 1  # /proc would not confirm it: the hand-over is what counts
+    (tmp_path / "sb:p.0.json").write_text(child.to_json())
+    again = Children(tmp_path)
+    recovered = again.recover(handed_over([*texts, "not json", "[1]"]))
+    assert [(c.instance, c.pid, c.ports) for c in recovered] == [
+        ("sb/p.0", fake_knot.pid, [("0.0.0.0", 80)])]
+    assert again.by_name("sb/p.0") is not None
+    assert handed_over(None) == {} and handed_over("x") == {}
