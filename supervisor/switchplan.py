@@ -105,8 +105,12 @@ def plan_switch(sandbox: SandboxConfig, old_path: Path, new_path: Path,
     else:
         table = live_table(status, sandbox.name, previous, now)
     changes = dry_run(previous, desired, failures, table, now)
+    # A listed instance the current file does not describe (a switch pushed before the
+    # tree applied the previous one) runs an unknown config: --wait wants it running,
+    # not restarted, as the tree keeps it when it already matches.
     fresh = frozenset(c.subject for c in changes
-                      if c.text.startswith(("start:", "restart:")) and c.subject in desired)
+                      if c.text.startswith(("start:", "restart:")) and c.subject in desired
+                      and (c.subject not in table or table[c.subject].spec is not UNKNOWN))
     frozen = {f.sandbox if f.process is None else f"{f.sandbox}/{f.process}"
               for f in failures}  # decision 4: a failed config keeps its instances
 
