@@ -33,7 +33,7 @@ from protocol.config import (
 )
 from protocol.config import check as lithos_check
 from supervisor import control
-from supervisor.switchplan import SwitchPlan, plan_switch, unmet
+from supervisor.switchplan import SwitchPlan, plan_switch, recorded, unmet
 
 VERSION = "lithos_switch (lithos 0.1.0, Lithos v0.18.4 compatible)"
 POLL_PERIOD_S = 0.25  # --wait asks GetStatus at most four times a second
@@ -145,7 +145,8 @@ def wait_done(runtime_dir: Path, sandbox: str, plan: SwitchPlan, asked_at: float
     while True:
         now = time.monotonic()
         try:
-            left = unmet(plan, control.status(runtime_dir), sandbox, now - asked_at)
+            left = unmet(plan, control.status(runtime_dir), sandbox, now - asked_at,
+                         recorded(runtime_dir))
         except (control.NoDaemon, control.ControlError) as e:  # e.g. while it re-executes
             left = [f"lithos_tree: {e}"]
         if not left or now >= deadline:
