@@ -340,3 +340,15 @@ def test_a_valid_switch_takes_effect_e33(tree: Tree, count: int) -> None:
         code, said = run_switch(tree, "--wait", "--timeout", "60", "fz", str(new))
     assert code == 0, said
     tree.baseline()
+
+
+def test_a_switch_to_secrets_the_sandbox_cannot_decrypt_is_refused(tree: Tree) -> None:
+    """The broker refuses a start with secret-environ and no secrets-private-key: the
+    switch must refuse it too, not stop the running instances for it (#11)."""
+    new = tree.lithos.root / "secret.yaml"
+    new.write_text(yaml.safe_dump({"a": dict(GOOD_ENTRY, image="secret.v1")}))
+    code, said = run_switch(tree, "fz", str(new))
+    assert code == 1, said
+    assert "secrets-private-key" in said and "unchanged" in said, said
+    assert tree.procs.read_text() == GOOD
+    tree.assert_untouched()
