@@ -59,6 +59,7 @@ variables:
   mode: !Choice [fast, slow]
 """
 SECRET_APP = APP + 'secret-environ:\n  TOKEN: "v2:AAAA:AAAA:notbase64!!"\n'
+UNMAPPED_APP = APP + "volumes:\n  /data: !Persistent {path: /not-mapped}\n"
 
 GOOD_ENTRY = {"image": "app.v1", "config": "/config/app.yaml", "instances": 2,
               "variables": {"mode": "fast"}}
@@ -121,6 +122,7 @@ def tree() -> Iterator[Tree]:
     try:
         lithos.image("app.v1", {"app.yaml": APP})
         lithos.image("secret.v1", {"app.yaml": SECRET_APP})
+        lithos.image("unmapped.v1", {"app.yaml": UNMAPPED_APP})
         lithos.sandbox("fz", processes=GOOD)
         lithos.sandbox("bystander", processes=BYSTANDER)
         t.good_sandbox = t.sandbox.read_bytes()
@@ -352,3 +354,22 @@ def test_a_switch_to_secrets_the_sandbox_cannot_decrypt_is_refused(tree: Tree) -
     assert "secrets-private-key" in said and "unchanged" in said, said
     assert tree.procs.read_text() == GOOD
     tree.assert_untouched()
+
+
+@pytest.mark.xfail(strict=True, reason="only the broker's policy (broker/policy.py) checks "
+                   "volumes against writable-paths; lithos_check and the supervisor accept "
+                   "it, so the switch stops the running instances for starts the broker "
+                   "refuses (see tests/chaos/test_refused_start.py)")
+def test_a_switch_to_a_volume_outside_writable_paths_is_refused(tree: Tree) -> None:
+    new = tree.lithos.root / "unmapped.yaml"
+    new.write_text(yaml.safe_dump({"a": dict(GOOD_ENTRY, image="unmapped.v1")}))
+    try:
+        code, said = run_switch(tree, "fz", str(new))
+        assert code == 1, said
+        tree.assert_untouched()
+    finally:
+        if tree.procs.read_text() != GOOD:
+            good = tree.lithos.root / "good.yaml"
+            good.write_text(GOOD)
+            run_switch(tree, "--wait", "--timeout", "60", "fz", str(good))
+            tree.baseline()
