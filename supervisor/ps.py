@@ -35,9 +35,12 @@ from supervisor.psview import (
     render_trees,
     to_json,
 )
+from supervisor.statewatch import StateWatch
 
 VERSION = "lithos_ps (lithos 0.1.0, Lithos v0.18.4 compatible)"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+MONITOR_PERIOD_S = 1.0  # --monitor: a screen each second (CPU %), earlier on a change
+MONITOR_MIN_S = 0.25  # ... but never more than four screens a second
 EXAMPLES = """examples:
   lithos_ps                      the tree, coloured when stdout is a terminal
   lithos_ps --no-color | less    plain text
@@ -220,25 +223,39 @@ def trees(runtime_dir: Path, config: str) -> list[TreeView]:
 
 
 def monitor(runtime_dir: Path, config: str) -> Iterator[str]:
-    """One screen per second: a table of instances with CPU since the last screen."""
+    """A table of instances with CPU since the last screen: a screen each second, and
+    one as soon as the tree changes (an instance starts or dies: supervisor.statewatch),
+    at most MONITOR_MIN_S apart."""
     before: dict[str, int] = {}
     then = time.monotonic()
-    while True:
-        time.sleep(1.0)  # the refresh period of a display, not a wait for an event
-        now = time.monotonic()
-        rows = []
-        current: dict[str, int] = {}
-        for tree in trees(runtime_dir, config):
-            for inst in sorted(tree.instances, key=lambda i: i.name):
-                t = inst.totals
-                current[inst.name] = t.cpu_time
-                old = before.get(inst.name)
-                ticks = 0 if old is None else max(0, t.cpu_time - old)
-                pid = inst.groups[0].head.pid if len(inst.groups) == 1 else 0
-                rows.append((pid, inst.name, ticks / ((now - then) * CLK_TCK) * 100,
-                             t.threads, t.processes, t.memory))
-        before, then = current, now
-        yield CLEAR_SCREEN + monitor_table(rows)
+    with StateWatch(runtime_dir) as watch:
+        while True:
+            if watch.wait(MONITOR_PERIOD_S) and time.monotonic() - then < MONITOR_MIN_S:
+                # a display's rate limit, not a wait for an event: a tree restarting
+                # in a loop must not redraw the screen hundreds of times a second
+                time.sleep(max(0.0, then + MONITOR_MIN_S - time.monotonic()))
+            now = time.monotonic()
+            yield CLEAR_SCREEN + monitor_table(_rows(runtime_dir, config, before, now - then))
+            then = now
+
+
+def _rows(runtime_dir: Path, config: str, before: dict[str, int], elapsed_s: float
+          ) -> list[tuple[int, str, float, int, int, int]]:
+    """The --monitor rows; `before` (instance -> CPU ticks) is updated in place."""
+    rows = []
+    current: dict[str, int] = {}
+    for tree in trees(runtime_dir, config):
+        for inst in sorted(tree.instances, key=lambda i: i.name):
+            t = inst.totals
+            current[inst.name] = t.cpu_time
+            old = before.get(inst.name)
+            ticks = 0 if old is None else max(0, t.cpu_time - old)
+            pid = inst.groups[0].head.pid if len(inst.groups) == 1 else 0
+            rows.append((pid, inst.name, ticks / (max(elapsed_s, 1e-3) * CLK_TCK) * 100,
+                         t.threads, t.processes, t.memory))
+    before.clear()
+    before.update(current)
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,9 @@ and fsync the directory. Then ask lithos_tree to reload: Reload on the
 control socket, or SIGQUIT to the pid in master.pid (the original's way);
 no daemon is a warning and exit 0. `--dry-run` only prints the plan
 (supervisor.switchplan) against the live tree; `--wait` waits, with a
-deadline, until GetStatus shows the plan done.
+deadline, until GetStatus shows the plan done, asking again each time the tree
+changes (supervisor.statewatch: inotify on what the tree writes), at the latest
+every RECHECK_S.
 Exit codes: 0 done (or no daemon), 1 refused or failed, 2 usage.
 """
 
@@ -33,10 +35,11 @@ from protocol.config import (
 )
 from protocol.config import check as lithos_check
 from supervisor import control
-from supervisor.switchplan import SwitchPlan, plan_switch, unmet
+from supervisor.statewatch import StateWatch
+from supervisor.switchplan import SwitchPlan, plan_switch, recorded, unmet
 
 VERSION = "lithos_switch (lithos 0.1.0, Lithos v0.18.4 compatible)"
-POLL_PERIOD_S = 0.25  # --wait asks GetStatus at most four times a second
+RECHECK_S = 5.0  # --wait asks again after this long without a change seen
 EXAMPLES = """examples:
   lithos_switch web /tmp/web.yaml              check, install and reload
   lithos_switch --dry-run web /tmp/web.yaml    print what would start, stop, restart
@@ -140,17 +143,20 @@ def print_plan(plan: SwitchPlan, running: bool) -> None:
 
 def wait_done(runtime_dir: Path, sandbox: str, plan: SwitchPlan, asked_at: float,
               timeout_s: float) -> list[str]:
-    """Poll GetStatus (a CLI, bounded) until the plan is done; what is left at the deadline."""
+    """GetStatus at each change of the tree until the plan is done; what is left at
+    the deadline."""
     deadline = asked_at + timeout_s
-    while True:
-        now = time.monotonic()
-        try:
-            left = unmet(plan, control.status(runtime_dir), sandbox, now - asked_at)
-        except (control.NoDaemon, control.ControlError) as e:  # e.g. while it re-executes
-            left = [f"lithos_tree: {e}"]
-        if not left or now >= deadline:
-            return left
-        time.sleep(min(POLL_PERIOD_S, max(0.0, deadline - now)))
+    with StateWatch(runtime_dir) as watch:  # made before the first read: no change lost
+        while True:
+            now = time.monotonic()
+            try:
+                left = unmet(plan, control.status(runtime_dir), sandbox, now - asked_at,
+                             recorded(runtime_dir))
+            except (control.NoDaemon, control.ControlError) as e:  # e.g. it re-executes
+                left = [f"lithos_tree: {e}"]
+            if not left or now >= deadline:
+                return left
+            watch.wait(min(RECHECK_S, deadline - now))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,10 +12,11 @@ changes as protocol.fingerprint, in a form that can be described.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from protocol import messages as m
@@ -41,6 +42,9 @@ class SwitchPlan:
     wanted: frozenset[str]  # instances that must run after the switch
     fresh: frozenset[str]  # of those, the ones that must be (re)started
     gone: frozenset[str]  # instances that must stop
+    # instance -> the broker's fingerprint of the new config: a knot recorded with it
+    # already runs the new config (a switch pushed before the tree applied the last one)
+    fingerprints: Mapping[str, str] = field(default_factory=dict)
 
 
 def readable_identity(process: ProcessConfig, index: int, data: bytes) -> str:
@@ -66,6 +70,26 @@ def load_desired(sandbox: SandboxConfig, path: Path
     except ConfigError as e:
         return {}, [ConfigFailure(sandbox.name, None, str(e))]
     return desired_of(sandbox, processes)
+
+
+def broker_fingerprints(sandbox: SandboxConfig, path: Path) -> dict[str, str]:
+    """Instance -> protocol.fingerprint (the broker's) of a process config; {} if broken."""
+    try:
+        wanted, _ = desired.desired_of(sandbox, load_processes(path))
+    except ConfigError:
+        return {}
+    return {name: d.spec.fingerprint for name, d in wanted.items()}
+
+
+def recorded(runtime_dir: Path) -> dict[str, tuple[int, str]]:
+    """Instance -> (knot pid, fingerprint) from the broker's child records (root reads)."""
+    out: dict[str, tuple[int, str]] = {}
+    with contextlib.suppress(OSError):
+        for path in (runtime_dir / "children").glob("*.json"):
+            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                rec = json.loads(path.read_text())
+                out[str(rec["instance"])] = (int(rec["pid"]), str(rec["fingerprint"]))
+    return out
 
 
 def live_table(status: m.StatusTree | None, sandbox: str,
@@ -114,13 +138,20 @@ def plan_switch(sandbox: SandboxConfig, old_path: Path, new_path: Path,
         return name.split("/", 1)[0] in frozen or name.rsplit(".", 1)[0] in frozen
 
     gone = frozenset(n for n in table if n not in desired and not kept(n))
-    return SwitchPlan(changes, frozenset(desired), fresh, gone)
+    return SwitchPlan(changes, frozenset(desired), fresh, gone,
+                      broker_fingerprints(sandbox, new_path))
 
 
-def unmet(plan: SwitchPlan, status: m.StatusTree, sandbox: str,
-          since_s: float) -> list[str]:
-    """What is not yet as planned, `since_s` seconds after the reload was asked for."""
+def unmet(plan: SwitchPlan, status: m.StatusTree, sandbox: str, since_s: float,
+          records: Mapping[str, tuple[int, str]] | None = None) -> list[str]:
+    """What is not yet as planned, `since_s` seconds after the reload was asked for.
+
+    A fresh instance is done when it started after the reload, or when its knot's
+    record (`records`, from `recorded`) carries the new config's fingerprint.
+    """
+    records = records or {}
     running: dict[str, float] = {}
+    pids: dict[str, int] = {}
     for sb in status.sandboxes:
         if sb.name != sandbox:
             continue
@@ -128,11 +159,13 @@ def unmet(plan: SwitchPlan, status: m.StatusTree, sandbox: str,
             for i in p.instances:
                 if i.state is ChildState.RUNNING and i.uptime_s is not None:
                     running[i.instance] = i.uptime_s
+                    pids[i.instance] = int(i.pid) if i.pid is not None else -1
     out = []
     for name in sorted(plan.wanted):
         if name not in running:
             out.append(f"{name}: not running")
-        elif name in plan.fresh and running[name] > since_s:
+        elif (name in plan.fresh and running[name] > since_s
+              and records.get(name) != (pids[name], plan.fingerprints.get(name))):
             out.append(f"{name}: not restarted yet")
     out.extend(f"{name}: still running" for name in sorted(plan.gone) if name in running)
     return out

@@ -187,6 +187,13 @@ def instantiate(container: ContainerConfig, process: ProcessConfig, sandbox: San
     if not container.kind.matches(process.kind):
         problems.append(Problem(cfile, "kind", container.kind.value, f"does not match kind "
                                 f"{process.kind.value} of {process.name} in {pfile}"))
+    has_secrets = bool(container.secret_environ) or container.secret_environ_file is not None
+    if has_secrets and sandbox.secrets_private_key is None:
+        # The broker refuses such a start (broker/policy.py); refused here too, a
+        # switch to it would stop what runs for a start that cannot succeed (#11).
+        key = "secret-environ" if container.secret_environ else "secret-environ-file"
+        problems.append(Problem(cfile, key, "", f"needs a secrets-private-key in the sandbox "
+                                f"config {sandbox.path}, which has none"))
     if problems:
         raise ConfigError(problems)
     return InstantiatedContainer(

@@ -119,3 +119,19 @@ def test_unmet() -> None:
         "sb/b.0: not restarted yet", "sb/c.0: not running", "sb/old.0: still running"]
     assert unmet(p, live, "sb", since_s=60.0) == [
         "sb/c.0: not running", "sb/old.0: still running"]
+
+
+def test_unmet_a_knot_recorded_with_the_new_fingerprint_is_done() -> None:
+    """A switch pushed before the tree applied the previous one: the plan (made against
+    the installed file) says restart, but the knot already runs the new config."""
+    from supervisor.switchplan import SwitchPlan
+
+    p = SwitchPlan([], frozenset({"sb/b.0"}), frozenset({"sb/b.0"}), frozenset(),
+                   {"sb/b.0": "fp-new"})
+    live = status("sb/b.0")
+    pid = int(live.sandboxes[0].processes[0].instances[0].pid or 0)
+    assert unmet(p, live, "sb", 10.0, {"sb/b.0": (pid, "fp-old")}) == [
+        "sb/b.0: not restarted yet"]
+    assert unmet(p, live, "sb", 10.0, {"sb/b.0": (pid + 1, "fp-new")}) == [
+        "sb/b.0: not restarted yet"]  # the record of another knot
+    assert unmet(p, live, "sb", 10.0, {"sb/b.0": (pid, "fp-new")}) == []
