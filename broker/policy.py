@@ -22,7 +22,6 @@ from knot import spec as ks
 from protocol.config import (
     ConfigError,
     ContainerConfig,
-    IdMapEntry,
     InstantiatedContainer,
     IpAddress,
     Kind,
@@ -37,6 +36,7 @@ from protocol.config import (
     check_process,
     instantiate,
     map_dir,
+    map_id,
 )
 from protocol.errors import Denied
 from protocol.names import InstanceName, parse_instance_name
@@ -121,15 +121,6 @@ def check_daemon_instance(
     return process
 
 
-def _outside(value: int, maps: tuple[IdMapEntry, ...]) -> int | None:
-    if not maps:
-        return value
-    for m in maps:
-        if m.inside <= value < m.inside + m.count:
-            return m.outside + (value - m.inside)
-    return None
-
-
 def resolve_volumes(
     container: ContainerConfig, sandbox: SandboxConfig, state_dir: Path
 ) -> tuple[ks.Volume, ...]:
@@ -152,8 +143,8 @@ def resolve_volumes(
                     )
                 out.append(ks.Volume(ks.VolumeKind.READONLY, target, source))
             case Persistent() | Statedir():
-                user = _outside(volume.user, container.uid_map)
-                group = _outside(volume.group, container.gid_map)
+                user = map_id(volume.user, container.uid_map)
+                group = map_id(volume.group, container.gid_map)
                 if user is None or group is None:
                     raise Denied(
                         DenyCode.POLICY,

@@ -30,9 +30,11 @@ from .instantiate import (
     config_log_line,
     instance_fingerprint,
     instantiate,
+    map_id,
     process_config_log_json,
     references,
     substitute,
+    volume_problems,
 )
 from .master import (
     DEFAULT_CGROUP_CONTROLLERS,
@@ -65,7 +67,8 @@ __all__ = [
     "Tmpfs", "Variable", "Volume", "check_container", "check_ids", "check_process",
     "config_log_line", "image_file_name", "image_path", "instance_fingerprint", "instantiate",
     "list_sandboxes", "load_container", "load_container_in_image", "load_master",
-    "load_processes", "load_sandbox", "map_dir", "parse_container", "parse_humannum",
+    "load_processes", "load_sandbox", "map_dir", "map_id", "parse_container", "parse_humannum",
     "parse_master", "parse_processes", "parse_sandbox", "process_config_log_json",
     "process_config_path", "read_in_image", "references", "sandbox_log_path", "substitute",
+    "volume_problems",
 ]

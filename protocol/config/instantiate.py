@@ -25,6 +25,7 @@ from .process import ProcessConfig
 from .reader import IpAddress
 from .sandbox import IdMapEntry, SandboxConfig
 from .vartypes import Activation, TcpPortVar
+from .volumes import Persistent, Readonly, Statedir, map_dir
 
 __all__ = ["BUILTIN_VARIABLES", "InstantiatedContainer", "check_container", "check_ids",
            "config_log_line", "instance_fingerprint", "instantiate", "process_config_log_json",
@@ -137,6 +138,43 @@ def check_ids(container: ContainerConfig, sandbox: SandboxConfig) -> tuple[int, 
     return uid, gid, problems
 
 
+def map_id(value: int, maps: tuple[IdMapEntry, ...]) -> int | None:
+    """A uid/gid inside the container as the host sees it (None: not mapped)."""
+    if not maps:
+        return value
+    for m in maps:
+        if m.inside <= value < m.inside + m.count:
+            return m.outside + (value - m.inside)
+    return None
+
+
+def volume_problems(container: ContainerConfig, sandbox: SandboxConfig) -> list[Problem]:
+    """The volumes the sandbox does not allow: a !Readonly path with no entry in
+    readonly-paths (or writable-paths), a !Persistent path with none in writable-paths,
+    an owner the uid-map/gid-map does not map. The broker mounts nothing of such a
+    container (broker/policy.py); lithos_check and the supervisor refuse it too, so a
+    switch to it keeps what runs (#11)."""
+    cfile, sfile = str(container.path), str(sandbox.path)
+    out = []
+    for target, volume in container.volumes.items():
+        key = f"volumes.{target}"
+        if isinstance(volume, Readonly):
+            if (map_dir(volume.path, sandbox.readonly_paths) is None
+                    and map_dir(volume.path, sandbox.writable_paths) is None):
+                out.append(Problem(cfile, key, f"!Readonly {volume.path}", "has no entry in "
+                                   f"readonly-paths (or writable-paths) of {sfile}"))
+        elif isinstance(volume, Persistent | Statedir):
+            if (map_id(volume.user, container.uid_map) is None
+                    or map_id(volume.group, container.gid_map) is None):
+                out.append(Problem(cfile, key, f"user {volume.user} / group {volume.group}",
+                                   "is not mapped by the container's uid-map/gid-map"))
+            if (isinstance(volume, Persistent)
+                    and map_dir(volume.path, sandbox.writable_paths) is None):
+                out.append(Problem(cfile, key, f"!Persistent {volume.path}",
+                                   f"has no entry in writable-paths of {sfile}"))
+    return out
+
+
 def instantiate(container: ContainerConfig, process: ProcessConfig, sandbox: SandboxConfig,
                 name: str, index: int) -> InstantiatedContainer:
     """Substitute variables and check the result against the sandbox policy.
@@ -194,6 +232,7 @@ def instantiate(container: ContainerConfig, process: ProcessConfig, sandbox: San
         key = "secret-environ" if container.secret_environ else "secret-environ-file"
         problems.append(Problem(cfile, key, "", f"needs a secrets-private-key in the sandbox "
                                 f"config {sandbox.path}, which has none"))
+    problems += volume_problems(container, sandbox)
     if problems:
         raise ConfigError(problems)
     return InstantiatedContainer(

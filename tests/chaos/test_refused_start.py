@@ -11,24 +11,24 @@ import pytest
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
-# Valid on its own, so the supervisor asks; only the broker's policy refuses it
-# (the volume is not in the sandbox's writable-paths).
+# Valid as configs, so the supervisor asks; only the broker's start finds that the
+# sandbox's bridge does not exist (the supervisor cannot know).
 BROKEN = """
 executable: /bin/sleep
 arguments: ["100000"]
 user-id: 1000
 group-id: 1000
 restart-timeout: 0
-volumes:
-  /data: !Persistent {path: /not-mapped}
 """
-REFUSAL = r"denied StartInstance from supervisor .*not-mapped"
+NO_BRIDGE = "bridged-network: {bridge: lt-nosuchbr, network: 10.213.0.0/24}\n"
+REFUSAL = r"denied StartInstance from supervisor .*lt-nosuchbr"
 MAX_REFUSALS_IN_3S = 10
 
 
 def test_config_error_refusal_is_not_retried_in_a_hot_loop(chaos_tree) -> None:
     chaos_tree.image("bad.v1", {"bad.yaml": BROKEN})
-    chaos_tree.sandbox("bad", "", "bad: {image: bad.v1, config: /config/bad.yaml}\n")
+    chaos_tree.sandbox("bad", NO_BRIDGE, "bad: {image: bad.v1, config: /config/bad.yaml, "
+                       "ip-addresses: [10.213.0.2]}\n")
     chaos_tree.start()
     mark = chaos_tree.mark()
     chaos_tree.wait_for(REFUSAL, 20.0, mark)

@@ -180,14 +180,14 @@ def test_broken_config_keeps_old_instances(lithos) -> None:
 
 
 def test_refused_start_is_retried_at_most_once_a_second(lithos) -> None:
-    # The volume is not in the sandbox's writable-paths: only the broker's
-    # start-time check catches it. With restart-timeout 0 the retries must
-    # still not spin.
+    # The sandbox's bridge does not exist: only the broker's start finds that
+    # out. With restart-timeout 0 the retries must still not spin.
     cfg = exits(0, 1).replace("restart-timeout: 2", "restart-timeout: 0")
-    lithos.image("r.v1", {"v.yaml": cfg + "volumes:\n  /data: !Persistent {path: /not-mapped}\n"})
-    lithos.sandbox("r", "", "v: {image: r.v1, config: /config/v.yaml}\n")
+    lithos.image("r.v1", {"v.yaml": cfg})
+    lithos.sandbox("r", "bridged-network: {bridge: lt-nosuchbr, network: 10.213.0.0/24}\n",
+                   "v: {image: r.v1, config: /config/v.yaml, ip-addresses: [10.213.0.2]}\n")
     lithos.start(wait_ready=False)
-    refused = r"r/v\.0: STARTING -> BACKOFF \(start refused: .*not-mapped"
+    refused = r"r/v\.0: STARTING -> BACKOFF \(start refused: .*lt-nosuchbr"
     lithos.wait_for(refused)
     t0 = time.monotonic()
     for _ in range(2):

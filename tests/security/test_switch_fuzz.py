@@ -356,10 +356,6 @@ def test_a_switch_to_secrets_the_sandbox_cannot_decrypt_is_refused(tree: Tree) -
     tree.assert_untouched()
 
 
-@pytest.mark.xfail(strict=True, reason="only the broker's policy (broker/policy.py) checks "
-                   "volumes against writable-paths; lithos_check and the supervisor accept "
-                   "it, so the switch stops the running instances for starts the broker "
-                   "refuses (see tests/chaos/test_refused_start.py)")
 def test_a_switch_to_a_volume_outside_writable_paths_is_refused(tree: Tree) -> None:
     new = tree.lithos.root / "unmapped.yaml"
     new.write_text(yaml.safe_dump({"a": dict(GOOD_ENTRY, image="unmapped.v1")}))

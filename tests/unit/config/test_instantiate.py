@@ -203,3 +203,35 @@ def test_activation_replaces_explicit_entry_for_same_port() -> None:
     i = inst(b"variables:\n  a: !TcpPort {activation: systemd}\n"
              b"tcp-ports: {'@{a}': {fd: 7, listen-backlog: 5}}\n", b"  variables: {a: '8001'}\n")
     assert i.tcp_ports[8001].fd == 3 and i.tcp_ports[8001].listen_backlog == 128
+
+
+def test_volumes_the_sandbox_does_not_allow_are_problems_of_the_container() -> None:
+    """The broker's volume policy (broker/policy.py), shared so that lithos_check and
+    the supervisor refuse what the broker would refuse (#11)."""
+    sandbox = SB + b"readonly-paths: {/ro: /srv/ro}\nwritable-paths: {/rw: /srv/rw}\n"
+    ok = b"""\
+volumes:
+  /a: !Readonly /ro/x
+  /b: !Readonly /rw/y
+  /c: !Persistent { path: /rw/z }
+  /d: !Statedir { path: /s }
+  /e: !Tmpfs { size: 1Mi }
+"""
+    assert inst(ok, sandbox=sandbox).container.volumes
+    bad = b"""\
+uid-map: [{inside: 0, outside: 100000, count: 100}]
+gid-map: [{inside: 0, outside: 100000, count: 100}]
+volumes:
+  /a: !Readonly /etc
+  /c: !Persistent { path: /ro/z }
+  /d: !Statedir { path: /s, user: 500 }
+"""
+    with pytest.raises(ConfigError) as e:
+        inst(bad, sandbox=sandbox)
+    said = {(p.key, p.value, p.message) for p in e.value.problems if p.key.startswith("vol")}
+    assert said == {
+        ("volumes./a", "!Readonly /etc",
+         "has no entry in readonly-paths (or writable-paths) of /s/sb.yaml"),
+        ("volumes./c", "!Persistent /ro/z", "has no entry in writable-paths of /s/sb.yaml"),
+        ("volumes./d", "user 500 / group 0", "is not mapped by the container's uid-map/gid-map"),
+    }
