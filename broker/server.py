@@ -138,6 +138,7 @@ class Broker:
         self.old_supervisor_pid: int | None = None  # the one before a re-exec
         self.supervisor_started = 0.0
         self.supervisor_failures = 0
+        self.supervisor_leaving = False  # told to stop (reload): exits wait in `pending`
         self.shutting_down = False
         self.started_mono = time.monotonic()
         self.control: socket.socket | None = None
@@ -192,7 +193,15 @@ class Broker:
         self.prepare_metric_files()
         self.log_configs()
         self.reap()  # exits that happened while we were exec'ing
-        self.start_supervisor()
+        if self.old_supervisor_pid is None:
+            self.start_supervisor()
+        else:
+            # It saw its channel close at the exec; it handles what it had read,
+            # publishes its metrics and exits. A new one started meanwhile would read
+            # the metric files before that last publish and overwrite it (X-M6).
+            log.info("waiting for the previous supervisor (pid %d) to exit",
+                     self.old_supervisor_pid)  # fmt: skip
+            self.loop.call_later(SUPERVISOR_STABLE_S, self._previous_supervisor_late)
 
     def prepare_metric_files(self) -> None:
         """Creates <runtime-dir>/metrics.{meta,values,prom} for the supervisor to write.
@@ -307,9 +316,17 @@ class Broker:
 
     # -- the supervisor process ---------------------------------------------
 
+    def _previous_supervisor_late(self) -> None:
+        if self.old_supervisor_pid is not None:
+            log.warning("previous supervisor (pid %d) still runs after %.0fs; killing it",
+                        self.old_supervisor_pid, SUPERVISOR_STABLE_S)  # fmt: skip
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.old_supervisor_pid, signal.SIGKILL)
+
     def start_supervisor(self) -> None:
-        if self.shutting_down or self.supervisor is not None:
+        if self.shutting_down or self.supervisor is not None or self.supervisor_pid is not None:
             return
+        self.supervisor_leaving = False
         stderr_fd = None
         if not self.options.log_stderr:
             try:
@@ -342,6 +359,9 @@ class Broker:
         lived = time.monotonic() - self.supervisor_started
         self.supervisor_pid = None
         if self.supervisor is not None:
+            # What it sent before it died was decided (and counted) by it: carry it out.
+            self._on_readable(self.supervisor.channel.fileno())
+        if self.supervisor is not None:
             self._drop_peer(self.supervisor.channel.fileno())
         if self.shutting_down:
             self._maybe_finish_shutdown()
@@ -359,6 +379,8 @@ class Broker:
         if self.supervisor_pid is not None:
             log.info("reload: restarting the supervisor (pid %d)", self.supervisor_pid)
             self.supervisor_failures = 0
+            # Exits from now on wait for the next one; it handles those already sent.
+            self.supervisor_leaving = True
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.supervisor_pid, signal.SIGTERM)
         else:
@@ -430,6 +452,11 @@ class Broker:
                     fd.close()
             self._send(peer, reply, request_id)
         except (OSError, ChannelClosed, ValueError, TypeError) as e:
+            if peer is self.supervisor and isinstance(e, BrokenPipeError | ConnectionResetError):
+                # A dead supervisor's queued requests were decided (and counted) by it:
+                # they are carried out; the end of its channel drops it.
+                log.info("supervisor peer: reply not sent (%s)", e)
+                return
             log.warning("%s peer (uid %d): reply not sent (%s); closing",
                         peer.role.value, peer.uid, e)  # fmt: skip
             self._drop_peer(peer.channel.fileno())
@@ -606,6 +633,7 @@ class Broker:
             if pid == self.old_supervisor_pid:
                 log.info("previous supervisor (pid %d) exited", pid)
                 self.old_supervisor_pid = None
+                self.start_supervisor()
                 continue
             if pid == self.supervisor_pid:
                 what = f"exited with code {exit_code}" if signum is None else \
@@ -640,7 +668,8 @@ class Broker:
         event = m.InstanceExited(child.instance, Pid(pid), exit_code, signum, core,
                                  rusage or ResourceUsage(0.0, 0.0, 0), run_time)  # fmt: skip
         sup = self.supervisor
-        if sup is not None and sup.phase is Phase.READY and not self.pending:
+        if sup is not None and sup.phase is Phase.READY and not self.pending and \
+                not self.supervisor_leaving:  # fmt: skip
             try:
                 self._send(sup, event, 0)
             except (OSError, ChannelClosed):
@@ -652,7 +681,8 @@ class Broker:
 
     def _flush_pending(self) -> None:
         sup = self.supervisor
-        while self.pending and sup is not None and sup.phase is Phase.READY:
+        while self.pending and sup is not None and sup.phase is Phase.READY and \
+                not self.supervisor_leaving:  # fmt: skip
             try:
                 self._send(sup, self.pending[0], 0)
             except (OSError, ChannelClosed):

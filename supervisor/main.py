@@ -66,6 +66,8 @@ class Supervisor:
         self.pending: dict[int, Pending] = {}
         self.ids = itertools.count(1)
         self.ready = False
+        self.channel_closed = False
+        self.send_broken = False
         self.metrics = Metrics()
         self.metric_files = MetricsFiles(master.runtime_dir)
 
@@ -99,27 +101,42 @@ class Supervisor:
         if t.log is not None:
             log.log(t.log.level, t.log.fmt, *t.log.args)
         self.metrics.record(inst, t)
-        self.execute(t.actions)
-        self.publish_metrics()
+        try:
+            self.execute(t.actions)
+        finally:  # what was recorded happened, even if the channel broke meanwhile
+            self.publish_metrics()
 
     def publish_metrics(self) -> None:
         self.metrics.set_levels(self.instances.values())
         self.metric_files.publish(self.metrics.samples())
 
     def execute(self, actions: tuple[Action, ...] | list[Action]) -> None:
+        """Sends the requests. Once the broker closed the channel (its re-exec), the
+        events already queued are still handled and counted, but nothing is sent: a
+        Spawn that was not sent is not counted as started (X-M6)."""
         for action in actions:
-            match action:
-                case Spawn(instance=name, fingerprint=fp):
-                    self.request(m.StartInstance(name, fp), self._on_start_reply(name))
-                case Signal(instance=name, pid=pid, signum=signum):
-                    self.request(
-                        m.SignalInstance(name, RecordPid(pid), signal.Signals(signum)),
-                        self._on_signal_reply(name),
-                    )
-                case WakeAt(instance=name, deadline=deadline):
-                    self.loop.call_at(deadline, self._waker(name))
-                case CleanUp(instance=name):
-                    self.request(m.CleanUpInstance(name), self._on_cleanup_reply(name))
+            if not self.send_broken or isinstance(action, WakeAt):
+                try:
+                    self._execute_one(action)
+                    continue
+                except (ChannelClosed, BrokenPipeError, ConnectionResetError):
+                    self.send_broken = True
+            if isinstance(action, Spawn):
+                self.metrics.unstart(action.instance)
+
+    def _execute_one(self, action: Action) -> None:
+        match action:
+            case Spawn(instance=name, fingerprint=fp):
+                self.request(m.StartInstance(name, fp), self._on_start_reply(name))
+            case Signal(instance=name, pid=pid, signum=signum):
+                self.request(
+                    m.SignalInstance(name, RecordPid(pid), signal.Signals(signum)),
+                    self._on_signal_reply(name),
+                )
+            case WakeAt(instance=name, deadline=deadline):
+                self.loop.call_at(deadline, self._waker(name))
+            case CleanUp(instance=name):
+                self.request(m.CleanUpInstance(name), self._on_cleanup_reply(name))
 
     def _waker(self, name: str) -> Callable[[], None]:
         return lambda: self.feed(name, TimerFired(time.monotonic()))
@@ -186,8 +203,10 @@ class Supervisor:
             log.info("%s", change)
         self.channel.setblocking(False)
         self.loop.add_reader(self.channel.fileno(), self.on_readable)
-        self.execute(result.actions)
-        self.publish_metrics()
+        try:
+            self.execute(result.actions)
+        finally:
+            self.publish_metrics()
         self.request(m.SupervisorReady(), lambda _r: self._ready(len(desired.instances)))
 
     def _ready(self, wanted: int) -> None:
@@ -201,6 +220,7 @@ class Supervisor:
                 got = self.channel.try_recv()
             except (ChannelClosed, ProtocolViolation) as e:
                 log.warning("supervisor: broker channel closed (%s); exiting", e)
+                self.channel_closed = True
                 self.loop.stop()
                 return
             if got is None:
@@ -221,6 +241,10 @@ class Supervisor:
         self.loop.on_signal(signal.SIGINT, lambda _s: self.loop.stop())
         self.take_over()
         self.loop.run()
+        # Stopped by a signal (a reload): the broker sends no more exits, so those
+        # already queued are handled, and counted, here, not lost (X-M6).
+        if not self.channel_closed:
+            self.on_readable()
 
 
 def main(argv: list[str] | None = None) -> int:
