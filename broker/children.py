@@ -173,11 +173,12 @@ class Children:
                 path.unlink(missing_ok=True)
                 continue
             same = proc_start_ticks(child.pid) == child.start_ticks
-            # A knot that died during our exec is our zombie: its cmdline is
-            # empty, but it is still ours to reap (with its real exit status).
+            # A knot that died during our exec is still our child, ours to reap
+            # with its real exit status: a zombie, or one still exiting (its
+            # cmdline is empty from the moment it released its memory, before it
+            # shows as `Z`). Our child with the recorded start time is that knot.
             alive = same and (
-                proc_knot_name(child.pid) == child.instance
-                or (proc_state(child.pid) == "Z" and proc_ppid(child.pid) == me)
+                proc_knot_name(child.pid) == child.instance or proc_ppid(child.pid) == me
             )
             if not alive:
                 log.info("%s: pid %d is gone; record deleted", child.instance, child.pid)

@@ -18,6 +18,7 @@ import enum
 import errno
 import logging
 import os
+import select
 import signal
 import socket
 import time
@@ -69,6 +70,7 @@ METRIC_SUFFIXES = (".meta", ".values", ".prom")  # supervisor/metrics_file.py wr
 ACCEPT_PAUSE_S = 1.0
 SUPERVISOR_BACKOFF_S = (0.1, 0.5, 1.0, 2.0, 5.0, 10.0)
 SUPERVISOR_STABLE_S = 10.0  # a supervisor that lived this long resets the back-off
+REEXEC_DRAIN_S = 5.0  # at most this long a re-exec waits for the supervisor's last requests
 # Signals the supervisor may ask for (the wire type already restricts the set).
 ALLOWED_SIGNALS = frozenset(
     {signal.SIGTERM, signal.SIGKILL, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT,
@@ -91,6 +93,7 @@ class Peer:
     role: Role
     uid: int
     phase: Phase = Phase.NEW
+    handed: int = 0  # pending exits given in its snapshot, dropped at its Ready
 
 
 @dataclass(slots=True)
@@ -316,6 +319,23 @@ class Broker:
 
     # -- the supervisor process ---------------------------------------------
 
+    def _last_requests(self, fd: int) -> None:
+        """Before a re-exec: the supervisor's last requests are carried out, not dropped.
+
+        Our side of its channel is shut for writing: it sees the end, handles the
+        events it had read (their Spawns are counted as started, X-M6) and exits; its
+        requests are read until then. Bounded by REEXEC_DRAIN_S (a stuck supervisor
+        must not stop the re-exec).
+        """
+        with contextlib.suppress(OSError), socket.socket(fileno=os.dup(fd)) as sock:
+            sock.shutdown(socket.SHUT_WR)
+        deadline = time.monotonic() + REEXEC_DRAIN_S
+        while fd in self.peers and (left := deadline - time.monotonic()) > 0:
+            if not select.select([fd], [], [], left)[0]:
+                log.warning("re-exec: the supervisor did not finish in %.0fs", REEXEC_DRAIN_S)
+                return
+            self._on_readable(fd)
+
     def _previous_supervisor_late(self) -> None:
         if self.old_supervisor_pid is not None:
             log.warning("previous supervisor (pid %d) still runs after %.0fs; killing it",
@@ -489,13 +509,17 @@ class Broker:
             )  # fmt: skip
             for c in self.children
         )
+        # Kept until its SupervisorReady, which it sends once it has counted them:
+        # a supervisor killed during its take-over leaves them to the next one.
         pending = tuple(self.pending)
-        self.pending.clear()
+        peer.handed = len(pending)
         peer.phase = Phase.SNAPSHOT
         return m.Snapshot(children, pending)
 
     def h_ready(self, peer: Peer, msg: m.SupervisorReady) -> m.Message:
         peer.phase = Phase.READY
+        for _ in range(min(peer.handed, len(self.pending))):
+            self.pending.popleft()
         self.loop.call_later(0, self._flush_pending)
         log.info("supervisor ready (%d children)", len(self.children))
         sd_notify("READY=1")  # systemd Type=notify: every container started or adopted
@@ -695,6 +719,8 @@ class Broker:
         """T-1, E-17: exec ourselves in place; children and sockets are kept."""
         log.warning("re-executing lithos_tree (pid %d stays)", os.getpid())
         sup_pid = self.supervisor_pid
+        if self.supervisor is not None:
+            self._last_requests(self.supervisor.channel.fileno())
         for fd in list(self.peers):
             self._drop_peer(fd)  # the supervisor sees EOF and exits; a new one comes
         if self.control is not None:

@@ -189,7 +189,8 @@ class Supervisor:
         now = time.monotonic()
         result = pl.reconcile(desired.instances, desired.failures, {}, now, snapshot=snapshot)
         self.instances = dict(result.instances)
-        entries = sorted({(d.sandbox, d.process) for d in desired.instances.values()})
+        entries = sorted(desired.entries | {(d.sandbox, d.process)
+                                            for d in desired.instances.values()})  # fmt: skip
         self.metrics.configure(entries, sandboxes=desired.sandboxes,
                                containers=len(desired.instances))  # fmt: skip
         self.metrics.restore(self.metric_files.read_previous())
@@ -203,11 +204,12 @@ class Supervisor:
             log.info("%s", change)
         self.channel.setblocking(False)
         self.loop.add_reader(self.channel.fileno(), self.on_readable)
-        try:
-            self.execute(result.actions)
-        finally:
-            self.publish_metrics()
+        self.execute(result.actions)
+        # Ready tells the broker the snapshot's exits are ours to count: it keeps
+        # them for the next supervisor until then. Sent before the publish, so a
+        # kill in between loses them instead of counting them twice.
         self.request(m.SupervisorReady(), lambda _r: self._ready(len(desired.instances)))
+        self.publish_metrics()
 
     def _ready(self, wanted: int) -> None:
         self.ready = True

@@ -89,6 +89,7 @@ class Layout:
     crash_slow: int = 3  # crash, restart-timeout 1
     idle: int = 4  # steady in the third sandbox
     flex: tuple[int, int] = (1, 2)  # `flex` is switched between these instance counts
+    slow_restart: int = 1  # restart-timeout of crash_slow
 
     @property
     def containers(self) -> int:
@@ -159,7 +160,8 @@ class Storm:
         a, b, c = self.sandboxes
         lt.image("chaos.v1", {
             "steady.yaml": STEADY.format(restart=0), "web.yaml": STEADY_PORT,
-            "crash0.yaml": CRASHY.format(restart=0), "crash1.yaml": CRASHY.format(restart=1),
+            "crash0.yaml": CRASHY.format(restart=0),
+            "crash1.yaml": CRASHY.format(restart=lay.slow_restart),
             "flex0.yaml": STEADY.format(restart=0),
             "flex1.yaml": STEADY.format(restart=0).replace("100000", "100001"),
         })  # fmt: skip
