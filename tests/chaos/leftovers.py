@@ -1,5 +1,7 @@
 """What a chaos tree leaves behind: its knots in /proc, and the leftovers after SIGTERM.
 
+Also the small /proc and log helpers of the storm (one supervisor, children, cmdline).
+
 Owns the end-of-run check of issue 11: after the final SIGTERM, lithos_tree exits 0
 and leaves no state dir, no child record, no cgroup below `<cgroup-name>` in any
 hierarchy, no mount under the tree, no knot and no veth (T-38, K-33). Read-only: it
@@ -15,11 +17,12 @@ network namespace that was not there before the tree started is a leftover of ou
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
 from broker.children import proc_knot_name, proc_ppid
-from tests.e2e.conftest import Lithos
+from tests.e2e.conftest import Lithos, _wait_gone
 
 SYS_NET = Path("/sys/class/net")
 VETH_PREFIX = "li_"
@@ -89,3 +92,41 @@ def leftovers(lithos: Lithos, sandboxes: Iterable[str], veths_before: set[str]) 
     if veths:
         problems.append(f"veths left in the host network namespace: {veths}")
     return problems
+
+
+def one_supervisor(lt: Lithos) -> list[str]:
+    """[] when exactly one supervisor (a child of lithos_tree) runs."""
+    sups = [p for p in children(lt.pid) if cmdline_has(p, b"-m\0supervisor")]
+    if len(sups) > 1:  # the one before a re-exec may still be on its way out
+        line = lt.log.lines[last_index(lt, "supervisor started (pid ")] if lt.log else ""
+        current = re.search(r"supervisor started \(pid (\d+)", line)
+        for pid in sups:
+            if current is None or pid != int(current.group(1)):
+                _wait_gone(pid, 5.0)
+        sups = [p for p in children(lt.pid) if cmdline_has(p, b"-m\0supervisor")]
+    return [] if len(sups) == 1 else [f"{len(sups)} supervisors: {sups}"]
+
+
+def last_index(lithos: Lithos, text: str) -> int:
+    assert lithos.log is not None
+    lines = lithos.log.lines
+    for i in range(len(lines) - 1, -1, -1):
+        if text in lines[i]:
+            return i
+    return 0
+
+
+def children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(x) for x in text.split()]
+
+
+def cmdline_has(pid: int, word: bytes) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return word in f.read()
+    except OSError:
+        return False

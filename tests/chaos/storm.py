@@ -28,13 +28,19 @@ import signal
 import socket
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from broker.children import proc_ppid
 from supervisor import switch
-from tests.chaos.leftovers import host_veths, leftovers, tree_knots
+from tests.chaos.leftovers import (
+    cmdline_has,
+    host_veths,
+    last_index,
+    leftovers,
+    one_supervisor,
+    tree_knots,
+)
 from tests.chaos.metricscheck import MetricWatch
-from tests.e2e.conftest import Lithos, _wait_gone
+from tests.e2e.conftest import Lithos
 
 SEED_ENV = "LITHOS_CHAOS_SEED"
 
@@ -241,14 +247,14 @@ class Storm:
         """kill -9, at a random moment, the supervisor started after line `sup_from`."""
         lt = self.lithos
         lt.wait_for(r"supervisor started \(pid \d+", 30.0, self.sup_from)
-        index = _last_index(lt, "supervisor started (pid ")
+        index = last_index(lt, "supervisor started (pid ")
         pid = int(lt.log.lines[index].split("supervisor started (pid ")[1].split(",")[0])
         self.random_moment(12)
         for _ in range(100):
             if proc_ppid(pid) != lt.pid:  # it died by itself and was reaped: the
                 self.sup_from = index + 1  # broker starts another
                 return
-            if _cmdline_has(pid, b"-m\0supervisor"):  # exec'd (not still the fork)
+            if cmdline_has(pid, b"-m\0supervisor"):  # exec'd (not still the fork)
                 self.sup_from = lt.mark()
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
@@ -291,7 +297,7 @@ class Storm:
             return
         # The reload replaced the supervisor: the next kill is for the new one.
         self.lithos.wait_for(r"supervisor started \(pid \d+", 30.0, mark)
-        self.sup_from = _last_index(self.lithos, "supervisor started (pid ")
+        self.sup_from = last_index(self.lithos, "supervisor started (pid ")
 
     def sigquit(self) -> int:
         """SIGQUIT lithos_tree at a random moment; the index of its re-exec line."""
@@ -301,7 +307,7 @@ class Storm:
         os.kill(lt.pid, signal.SIGQUIT)
         self.figures.sigquits += 1
         lt.wait_for(r"lithos_tree started \(pid \d+, re-exec", 30.0, mark)
-        return _last_index(lt, "lithos_tree started (pid ")
+        return last_index(lt, "lithos_tree started (pid ")
 
     def round(self, kills_per_round: int) -> None:
         """Some supervisor kills (at most kills_per_round), maybe a config switch among
@@ -340,7 +346,7 @@ class Storm:
                 break
             with contextlib.suppress(AssertionError):
                 lt.wait_for(r"", max(0.1, min(2.0, deadline - time.monotonic())), seen)
-        problems += self.one_supervisor()
+        problems += one_supervisor(self.lithos)
         # No instance lost: every crashing one is forked again after the check began.
         for inst in self.crashy:
             try:
@@ -392,18 +398,6 @@ class Storm:
             problems.append(f"port {self.port}: socket inodes {inodes}, was {self.port_inode}")
         return problems + self.metrics.problems(self)
 
-    def one_supervisor(self) -> list[str]:
-        lt = self.lithos
-        sups = [p for p in _children(lt.pid) if _cmdline_has(p, b"-m\0supervisor")]
-        if len(sups) > 1:  # the one before a re-exec may still be on its way out
-            line = lt.log.lines[_last_index(lt, "supervisor started (pid ")] if lt.log else ""
-            current = re.search(r"supervisor started \(pid (\d+)", line)
-            for pid in sups:
-                if current is None or pid != int(current.group(1)):
-                    _wait_gone(pid, 5.0)
-            sups = [p for p in _children(lt.pid) if _cmdline_has(p, b"-m\0supervisor")]
-        return [] if len(sups) == 1 else [f"{len(sups)} supervisors: {sups}"]
-
     def final_stop(self) -> list[str]:
         """SIGTERM, then: no state dir, record, cgroup, mount, knot or veth left."""
         code = self.lithos.stop(120.0)
@@ -422,28 +416,3 @@ class Storm:
 
 def _proc(name: str, config: str, n: int, extra: str = "") -> str:
     return f"{name}: {{image: chaos.v1, config: /config/{config}, instances: {n}{extra}}}\n"
-
-
-def _last_index(lithos: Lithos, text: str) -> int:
-    assert lithos.log is not None
-    lines = lithos.log.lines
-    for i in range(len(lines) - 1, -1, -1):
-        if text in lines[i]:
-            return i
-    return 0
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except OSError:
-        return []
-    return [int(x) for x in text.split()]
-
-
-def _cmdline_has(pid: int, word: bytes) -> bool:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return word in f.read()
-    except OSError:
-        return False
