@@ -153,7 +153,7 @@ class Broker:
                     raw["rusage"] = ResourceUsage(**raw["rusage"])
                     self.pending.append(m.InstanceExited(**raw))
             # It saw its channel close at the exec and exits on its own; a
-            # fresh one is started at once (its exit is not a failure).
+            # fresh one is started once it did (its exit is not a failure).
             self.old_supervisor_pid = resume.get("supervisor_pid")
             self.options.started_at_wall = resume.get("started_at_wall", time.time())
         else:
