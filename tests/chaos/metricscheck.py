@@ -21,15 +21,18 @@ log, the independent record (one `Forked <instance> (pid: N)` line per knot star
 one `Container <instance> (pid: N) exited ...` per knot reaped, one
 `supervisor started (pid N` per supervisor and `supervisor ready (` per supervisor
 that finished its take-over):
-- `started` <= Forked lines and `deaths` <= exited lines (never counted twice, and no
-  start counted that the broker did not carry out: it carries out what a dead
-  supervisor had queued);
-- Forked - `started` <= K * n and exited - `deaths` <= K * n, K the kill -9s, n the
-  instances of the process: a kill -9 loses at most one unpublished start and one
-  unpublished exit per instance (an instance has one knot at a time, and its next
-  start needs its exit handled). The kill is the only loss: a reload (lithos_switch)
-  and a re-exec let the supervisor handle every exit already sent before it exits
-  (exits after that wait in the broker for the next one);
+- `started` <= Forked + refused lines and `deaths` <= exited + refused lines (never
+  counted twice, and no start counted that the broker did not carry out: it carries
+  out what a dead supervisor had queued; a refused start, `denied StartInstance`,
+  is a start and a death, T-35);
+- (Forked + refused) - `started` <= K * n + refused and the same for `deaths` and
+  exited, K the kill -9s, n the instances of the process: a kill -9 loses at most
+  one unpublished start and one unpublished exit per instance (an instance has one
+  knot at a time, and its next start needs its exit handled), and a refusal that
+  came when its supervisor no longer listened (killed, reloaded, re-exec'd) is lost.
+  Nothing else is: a reload (lithos_switch) and a re-exec let the supervisor handle
+  every exit already sent before it exits (exits after that wait in the broker for
+  the next one);
 - ready lines <= the growth of `master.restarts` <= started lines, and started
   lines - growth <= K (a supervisor killed before its first publish is not counted).
 The losses measured are printed (they are the figures of docs/reliability.md).
@@ -117,15 +120,16 @@ def history_problems(storm: Storm, entries: Iterable[str],
         group = "processes." + entry.replace("/", ".")
         forked = len(re.findall(rf"Forked {re.escape(entry)}\.\d+ \(pid", text))
         exited = len(re.findall(rf"Container {re.escape(entry)}\.\d+ \(pid: \d+\) ", text))
+        refused = len(re.findall(rf"denied StartInstance from .*{re.escape(entry)}\.\d+", text))
         started, deaths = values.get(f"{group}.started", -1), values.get(f"{group}.deaths", -1)
-        lost_starts, lost_deaths = forked - started, exited - deaths
-        figures.append(f"{entry}: {forked} forked, started {started} (lost {lost_starts}); "
-                       f"{exited} exited, deaths {deaths} (lost {lost_deaths}), "
+        lost_starts, lost_deaths = forked + refused - started, exited + refused - deaths
+        figures.append(f"{entry}: {forked} forked, {refused} refused, started {started} (lost "
+                       f"{lost_starts}); {exited} exited, deaths {deaths} (lost {lost_deaths}), "
                        f"failures {values.get(f'{group}.failures')}")  # fmt: skip
         for what, lost in (("started", lost_starts), ("deaths", lost_deaths)):
-            if not 0 <= lost <= kills * n:
-                problems.append(f"{group}.{what}: {lost} lost, expected 0..{kills * n} "
-                                f"({kills} kills x {n} instances)")  # fmt: skip
+            if not 0 <= lost <= kills * n + refused:
+                problems.append(f"{group}.{what}: {lost} lost, expected 0..{kills * n + refused}"
+                                f" ({kills} kills x {n} instances + {refused} refused)")  # fmt: skip
     launched = len(re.findall(r"supervisor started \(pid \d+", text))
     ready = len(re.findall(r"supervisor ready \(", text))
     grew = values.get("master.restarts", -1)
