@@ -127,9 +127,10 @@ def history_problems(storm: Storm, entries: Iterable[str],
                        f"{lost_starts}); {exited} exited, deaths {deaths} (lost {lost_deaths}), "
                        f"failures {values.get(f'{group}.failures')}")  # fmt: skip
         for what, lost in (("started", lost_starts), ("deaths", lost_deaths)):
-            if not 0 <= lost <= kills * n + refused:
-                problems.append(f"{group}.{what}: {lost} lost, expected 0..{kills * n + refused}"
-                                f" ({kills} kills x {n} instances + {refused} refused)")  # fmt: skip
+            most = kills * n + refused
+            if not 0 <= lost <= most:
+                problems.append(f"{group}.{what}: {lost} lost, expected 0..{most} "
+                                f"({kills} kills x {n} instances + {refused} refused)")  # fmt: skip
     launched = len(re.findall(r"supervisor started \(pid \d+", text))
     ready = len(re.findall(r"supervisor ready \(", text))
     grew = values.get("master.restarts", -1)
