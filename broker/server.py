@@ -459,8 +459,11 @@ class Broker:
                                  f"{peer.uid} is not root")  # fmt: skip
                 reply = handler.run(self, peer, msg)
             except Denied as e:
-                log.warning("denied %s from %s (uid %d): %s", type(msg).__name__,
-                            peer.role.value, peer.uid, e.reason)  # fmt: skip
+                # The instance is named at the end: some reasons name only the config.
+                instance = getattr(msg, "instance", None)
+                log.warning("denied %s from %s (uid %d): %s%s", type(msg).__name__,
+                            peer.role.value, peer.uid, e.reason,
+                            f" (instance {instance})" if instance else "")  # fmt: skip
                 reply = m.RequestDenied(e.code, e.reason[:4000])
             except Exception as e:  # a bug of ours: refuse this request, keep serving
                 log.exception("%s from %s (uid %d) failed", type(msg).__name__,
