@@ -225,7 +225,9 @@ class Children:
             same = proc_start_ticks(child.pid) == child.start_ticks
             # With the same start time, the recorded process itself, even when
             # its cmdline does not name it: a knot that died during our exec is our
-            # zombie (empty cmdline), still ours to reap with its real exit status;
+            # child, ours to reap with its real exit status (a zombie, or one still
+            # exiting: its cmdline is empty once it released its memory, before it
+            # shows as `Z`);
             # a knot forked without exec (knot.spawn) that is still in its setup
             # shows the broker's cmdline when the name did not fit over it, and
             # the old broker's from fork until it names itself KNOT_COMM. (A

@@ -18,6 +18,7 @@ import enum
 import errno
 import logging
 import os
+import select
 import signal
 import socket
 import time
@@ -72,6 +73,7 @@ ACCEPT_PAUSE_S = 1.0
 # no crash loop; containers go unsupervised until its successor is ready).
 SUPERVISOR_BACKOFF_S = (0.0, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0)
 SUPERVISOR_STABLE_S = 10.0  # a supervisor that lived this long resets the back-off
+REEXEC_DRAIN_S = 5.0  # at most this long a re-exec waits for the supervisor's last requests
 # Signals the supervisor may ask for (the wire type already restricts the set).
 ALLOWED_SIGNALS = frozenset(
     {signal.SIGTERM, signal.SIGKILL, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT,
@@ -94,6 +96,7 @@ class Peer:
     role: Role
     uid: int
     phase: Phase = Phase.NEW
+    handed: int = 0  # pending exits given in its snapshot, dropped at its Ready
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +139,7 @@ class Broker:
         self.old_supervisor_pid: int | None = None  # the one before a re-exec
         self.supervisor_started = 0.0
         self.supervisor_failures = 0
+        self.supervisor_leaving = False  # told to stop (reload): exits wait in `pending`
         self.shutting_down = False
         self.started_mono = time.monotonic()
         self.control: socket.socket | None = None
@@ -149,7 +153,7 @@ class Broker:
                     raw["rusage"] = ResourceUsage(**raw["rusage"])
                     self.pending.append(m.InstanceExited(**raw))
             # It saw its channel close at the exec and exits on its own; a
-            # fresh one is started at once (its exit is not a failure).
+            # fresh one is started once it did (its exit is not a failure).
             self.old_supervisor_pid = resume.get("supervisor_pid")
             self.options.started_at_wall = resume.get("started_at_wall", time.time())
         else:
@@ -202,7 +206,15 @@ class Broker:
         self.prepare_metric_files()
         self.log_configs()
         self.reap()  # exits that happened while we were exec'ing
-        self.start_supervisor()
+        if self.old_supervisor_pid is None:
+            self.start_supervisor()
+        else:
+            # It saw its channel close at the exec; it handles what it had read,
+            # publishes its metrics and exits. A new one started meanwhile would read
+            # the metric files before that last publish and overwrite it (X-M6).
+            log.info("waiting for the previous supervisor (pid %d) to exit",
+                     self.old_supervisor_pid)  # fmt: skip
+            self.loop.call_later(SUPERVISOR_STABLE_S, self._previous_supervisor_late)
 
     def prepare_metric_files(self) -> None:
         """Creates <runtime-dir>/metrics.{meta,values,prom} for the supervisor to write.
@@ -317,9 +329,34 @@ class Broker:
 
     # -- the supervisor process ---------------------------------------------
 
+    def _last_requests(self, fd: int) -> None:
+        """Before a re-exec: the supervisor's last requests are carried out, not dropped.
+
+        Our side of its channel is shut for writing: it sees the end, handles the
+        events it had read (their Spawns are counted as started, X-M6) and exits; its
+        requests are read until then. Bounded by REEXEC_DRAIN_S (a stuck supervisor
+        must not stop the re-exec).
+        """
+        with contextlib.suppress(OSError), socket.socket(fileno=os.dup(fd)) as sock:
+            sock.shutdown(socket.SHUT_WR)
+        deadline = time.monotonic() + REEXEC_DRAIN_S
+        while fd in self.peers and (left := deadline - time.monotonic()) > 0:
+            if not select.select([fd], [], [], left)[0]:
+                log.warning("re-exec: the supervisor did not finish in %.0fs", REEXEC_DRAIN_S)
+                return
+            self._on_readable(fd)
+
+    def _previous_supervisor_late(self) -> None:
+        if self.old_supervisor_pid is not None:
+            log.warning("previous supervisor (pid %d) still runs after %.0fs; killing it",
+                        self.old_supervisor_pid, SUPERVISOR_STABLE_S)  # fmt: skip
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.old_supervisor_pid, signal.SIGKILL)
+
     def start_supervisor(self) -> None:
-        if self.shutting_down or self.supervisor is not None:
+        if self.shutting_down or self.supervisor is not None or self.supervisor_pid is not None:
             return
+        self.supervisor_leaving = False
         # Its stderr is a pipe we relay into our own log (broker/logrelay.py): it may
         # not open master.log itself, and our handlers know rotation and syslog.
         relay_r, relay_w = os.pipe2(os.O_CLOEXEC)
@@ -360,6 +397,9 @@ class Broker:
         lived = time.monotonic() - self.supervisor_started
         self.supervisor_pid = None
         if self.supervisor is not None:
+            # What it sent before it died was decided (and counted) by it: carry it out.
+            self._on_readable(self.supervisor.channel.fileno())
+        if self.supervisor is not None:
             self._drop_peer(self.supervisor.channel.fileno())
         if self.shutting_down:
             self._maybe_finish_shutdown()
@@ -377,6 +417,8 @@ class Broker:
         if self.supervisor_pid is not None:
             log.info("reload: restarting the supervisor (pid %d)", self.supervisor_pid)
             self.supervisor_failures = 0
+            # Exits from now on wait for the next one; it handles those already sent.
+            self.supervisor_leaving = True
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.supervisor_pid, signal.SIGTERM)
         else:
@@ -436,8 +478,11 @@ class Broker:
                                  f"{peer.uid} is not root")  # fmt: skip
                 reply = handler.run(self, peer, msg)
             except Denied as e:
-                log.warning("denied %s from %s (uid %d): %s", type(msg).__name__,
-                            peer.role.value, peer.uid, e.reason)  # fmt: skip
+                # The instance is named at the end: some reasons name only the config.
+                instance = getattr(msg, "instance", None)
+                log.warning("denied %s from %s (uid %d): %s%s", type(msg).__name__,
+                            peer.role.value, peer.uid, e.reason,
+                            f" (instance {instance})" if instance else "")  # fmt: skip
                 reply = m.RequestDenied(e.code, e.reason[:4000])
             except Exception as e:  # a bug of ours: refuse this request, keep serving
                 log.exception("%s from %s (uid %d) failed", type(msg).__name__,
@@ -449,6 +494,11 @@ class Broker:
                     fd.close()
             self._send(peer, reply, request_id)
         except (OSError, ChannelClosed, ValueError, TypeError) as e:
+            if peer is self.supervisor and isinstance(e, BrokenPipeError | ConnectionResetError):
+                # A dead supervisor's queued requests were decided (and counted) by it:
+                # they are carried out; the end of its channel drops it.
+                log.info("supervisor peer: reply not sent (%s)", e)
+                return
             log.warning("%s peer (uid %d): reply not sent (%s); closing",
                         peer.role.value, peer.uid, e)  # fmt: skip
             self._drop_peer(peer.channel.fileno())
@@ -481,13 +531,17 @@ class Broker:
             )  # fmt: skip
             for c in self.children
         )
+        # Kept until its SupervisorReady, which it sends once it has counted them:
+        # a supervisor killed during its take-over leaves them to the next one.
         pending = tuple(self.pending)
-        self.pending.clear()
+        peer.handed = len(pending)
         peer.phase = Phase.SNAPSHOT
         return m.Snapshot(children, pending)
 
     def h_ready(self, peer: Peer, msg: m.SupervisorReady) -> m.Message:
         peer.phase = Phase.READY
+        for _ in range(min(peer.handed, len(self.pending))):
+            self.pending.popleft()
         self.loop.call_later(0, self._flush_pending)
         log.info("supervisor ready (%d children)", len(self.children))
         sd_notify("READY=1")  # systemd Type=notify: every container started or adopted
@@ -589,6 +643,7 @@ class Broker:
             if pid == self.old_supervisor_pid:
                 log.info("previous supervisor (pid %d) exited", pid)
                 self.old_supervisor_pid = None
+                self.start_supervisor()
                 continue
             if pid == self.supervisor_pid:
                 what = f"exited with code {exit_code}" if signum is None else \
@@ -629,7 +684,8 @@ class Broker:
                                  rusage or ResourceUsage(0.0, 0.0, 0), run_time)  # fmt: skip
         failpoints.hit("broker.reap.before_report")
         sup = self.supervisor
-        if sup is not None and sup.phase is Phase.READY and not self.pending:
+        if sup is not None and sup.phase is Phase.READY and not self.pending and \
+                not self.supervisor_leaving:  # fmt: skip
             try:
                 self._send(sup, event, 0)
             except (OSError, ChannelClosed):
@@ -641,7 +697,8 @@ class Broker:
 
     def _flush_pending(self) -> None:
         sup = self.supervisor
-        while self.pending and sup is not None and sup.phase is Phase.READY:
+        while self.pending and sup is not None and sup.phase is Phase.READY and \
+                not self.supervisor_leaving:  # fmt: skip
             try:
                 self._send(sup, self.pending[0], 0)
             except (OSError, ChannelClosed):
@@ -654,6 +711,8 @@ class Broker:
         """T-1, E-17: exec ourselves in place; children and sockets are kept."""
         log.warning("re-executing lithos_tree (pid %d stays)", os.getpid())
         sup_pid = self.supervisor_pid
+        if self.supervisor is not None:
+            self._last_requests(self.supervisor.channel.fileno())
         for relay in self.relays.values():
             relay.drain()  # what the supervisor said up to now (its pipe closes at exec)
         for fd in list(self.peers):

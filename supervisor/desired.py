@@ -44,6 +44,9 @@ class Desired:
     instances: dict[str, DesiredInstance]
     failures: list[ConfigFailure]
     sandboxes: int  # sandbox configs that loaded (master.sandboxes metric)
+    # Every configured Daemon entry (sandbox, process), `instances: 0` and entries
+    # that failed to load included: each has its processes.* metrics (X-M4).
+    entries: frozenset[tuple[str, str]] = frozenset()
 
 
 FingerprintOf = Callable[[ProcessConfig, int, bytes], str]
@@ -110,6 +113,7 @@ def load_desired(master: MasterConfig) -> Desired:
     """Every wanted instance, and every config that failed to load."""
     instances: dict[str, DesiredInstance] = {}
     failures: list[ConfigFailure] = []
+    entries: set[tuple[str, str]] = set()
     loaded = 0
     try:
         names = list_sandboxes(master)
@@ -128,4 +132,6 @@ def load_desired(master: MasterConfig) -> Desired:
         wanted, failed = desired_of(sandbox, processes)
         instances.update(wanted)
         failures += failed
-    return Desired(instances, failures, loaded)
+        entries.update((sandbox.name, name) for name, process in processes.items()
+                       if process.kind is Kind.DAEMON)  # fmt: skip
+    return Desired(instances, failures, loaded, frozenset(entries))

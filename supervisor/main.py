@@ -68,6 +68,8 @@ class Supervisor:
         self.ids = itertools.count(1)
         self.ready = False
         self.publish_due = False
+        self.channel_closed = False
+        self.send_broken = False
         self.metrics = Metrics()
         self.metric_files = MetricsFiles(master.runtime_dir)
 
@@ -101,8 +103,10 @@ class Supervisor:
         if t.log is not None:
             log.log(t.log.level, t.log.fmt, *t.log.args)
         self.metrics.record(inst, t)
-        self.execute(t.actions)
-        self.metrics_changed()
+        try:
+            self.execute(t.actions)
+        finally:  # what was recorded happened, even if the channel broke meanwhile
+            self.metrics_changed()
 
     def metrics_changed(self) -> None:
         """Publishes once at the end of this loop iteration, however many events it
@@ -118,20 +122,33 @@ class Supervisor:
         self.metric_files.publish(self.metrics.samples())
 
     def execute(self, actions: tuple[Action, ...] | list[Action]) -> None:
+        """Sends the requests. Once the broker closed the channel (its re-exec), the
+        events already queued are still handled and counted, but nothing is sent: a
+        Spawn that was not sent is not counted as started (X-M6)."""
         for action in actions:
-            match action:
-                case Spawn(instance=name, fingerprint=fp):
-                    self.request(m.StartInstance(name, fp), self._on_start_reply(name))
-                    failpoints.hit("supervisor.start.after_request")
-                case Signal(instance=name, pid=pid, signum=signum):
-                    self.request(
-                        m.SignalInstance(name, RecordPid(pid), signal.Signals(signum)),
-                        self._on_signal_reply(name),
-                    )
-                case WakeAt(instance=name, deadline=deadline):
-                    self.loop.call_at(deadline, self._waker(name))
-                case CleanUp(instance=name):
-                    self.request(m.CleanUpInstance(name), self._on_cleanup_reply(name))
+            if not self.send_broken or isinstance(action, WakeAt):
+                try:
+                    self._execute_one(action)
+                    continue
+                except (ChannelClosed, BrokenPipeError, ConnectionResetError):
+                    self.send_broken = True
+            if isinstance(action, Spawn):
+                self.metrics.unstart(action.instance)
+
+    def _execute_one(self, action: Action) -> None:
+        match action:
+            case Spawn(instance=name, fingerprint=fp):
+                self.request(m.StartInstance(name, fp), self._on_start_reply(name))
+                failpoints.hit("supervisor.start.after_request")
+            case Signal(instance=name, pid=pid, signum=signum):
+                self.request(
+                    m.SignalInstance(name, RecordPid(pid), signal.Signals(signum)),
+                    self._on_signal_reply(name),
+                )
+            case WakeAt(instance=name, deadline=deadline):
+                self.loop.call_at(deadline, self._waker(name))
+            case CleanUp(instance=name):
+                self.request(m.CleanUpInstance(name), self._on_cleanup_reply(name))
 
     def _waker(self, name: str) -> Callable[[], None]:
         return lambda: self.feed(name, TimerFired(time.monotonic()))
@@ -185,7 +202,8 @@ class Supervisor:
         now = time.monotonic()
         result = pl.reconcile(desired.instances, desired.failures, {}, now, snapshot=snapshot)
         self.instances = dict(result.instances)
-        entries = sorted({(d.sandbox, d.process) for d in desired.instances.values()})
+        entries = sorted(desired.entries | {(d.sandbox, d.process)
+                                            for d in desired.instances.values()})  # fmt: skip
         self.metrics.configure(entries, sandboxes=desired.sandboxes,
                                containers=len(desired.instances))  # fmt: skip
         self.metrics.restore(self.metric_files.read_previous())
@@ -200,8 +218,11 @@ class Supervisor:
         self.channel.setblocking(False)
         self.loop.add_reader(self.channel.fileno(), self.on_readable)
         self.execute(result.actions)
-        self.publish_metrics()
+        # Ready tells the broker the snapshot's exits are ours to count: it keeps
+        # them for the next supervisor until then. Sent before the publish, so a
+        # kill in between loses them instead of counting them twice.
         self.request(m.SupervisorReady(), lambda _r: self._ready(len(desired.instances)))
+        self.publish_metrics()
 
     def _ready(self, wanted: int) -> None:
         self.ready = True
@@ -214,6 +235,7 @@ class Supervisor:
                 got = self.channel.try_recv()
             except (ChannelClosed, ProtocolViolation) as e:
                 log.warning("supervisor: broker channel closed (%s); exiting", e)
+                self.channel_closed = True
                 self.loop.stop()
                 return
             if got is None:
@@ -235,6 +257,12 @@ class Supervisor:
         self.loop.on_signal(signal.SIGINT, lambda _s: self.loop.stop())
         self.take_over()
         self.loop.run()
+        # Stopped by a signal (a reload): the broker sends no more exits, so those
+        # already queued are handled, and counted, here, not lost (X-M6).
+        if not self.channel_closed:
+            self.on_readable()
+        if self.publish_due:  # the loop stopped before its deferred publish ran
+            self.publish_metrics()
 
 
 def main(argv: list[str] | None = None) -> int:

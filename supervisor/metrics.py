@@ -106,6 +106,12 @@ class Metrics:
                 c.deaths += 1
                 c.failures += t.outcome.is_failure
 
+    def unstart(self, name: str) -> None:
+        """Takes back one Spawn's `started`: its request never left (the channel broke)."""
+        for c in (self.containers, self._entry(name)):
+            if c is not None:
+                c.started -= 1
+
     def set_levels(self, instances: Iterable[Instance]) -> None:
         """Recompute `running`, `unknown` and `master.queue` from the instance table.
 

@@ -41,6 +41,7 @@ from supervisor.events import (
     StartRefused,
     StartRequested,
     StopRequested,
+    classify,
 )
 from supervisor.lifecycle import Instance, State, Transition, new_instance, step
 from supervisor.vocabulary import seconds
@@ -259,6 +260,7 @@ def _take_over(run: _Run, snap: Snapshot, desired: Mapping[str, DesiredInstance]
                now: float) -> None:
     """Replay missed exits, then adopt the live children, then settle the rest."""
     pending = (State.STARTING, State.STOPPING, State.UPGRADING)
+    fresh = not run.table  # a new supervisor process: it knows no pid yet
     for ex in snap.missed_exits:  # in the order the broker reaped them
         inst = run.table.get(ex.name)
         text = f"pid {ex.pid} {ex.status.describe()} while disconnected"
@@ -268,8 +270,17 @@ def _take_over(run: _Run, snap: Snapshot, desired: Mapping[str, DesiredInstance]
             inst = run.table[ex.name]
         if inst is not None and inst.pid == ex.pid:
             run.feed(ex.name, Exited(ex.pid, ex.status, now), text)
-        else:
-            run.changes.append(PlannedChange(ex.name, f"{text}; not ours, ignored"))
+            continue
+        if fresh:
+            # A fresh supervisor knows no pid: the knot died while none was
+            # connected, and that death still happened (X-M4, T-35; the counters
+            # carry over, X-M6). It is counted (a step with an outcome and no
+            # change); the instance is then settled like any other.
+            blank = new_instance(ex.name, InstanceSpec(""))
+            outcome = classify(ex.status, term_sent=False, kill_sent=False)
+            run.steps.append(Step(blank, Exited(ex.pid, ex.status, now),
+                                  Transition(blank, outcome=outcome)))  # fmt: skip
+        run.changes.append(PlannedChange(ex.name, f"{text}; not ours, ignored"))
     alive: dict[str, Child] = {}
     for c in snap.children:
         inst, prev = run.table.get(c.name), alive.get(c.name)

@@ -1,7 +1,8 @@
 """Long chaos campaign: `python3 -m tests.chaos.campaign --iterations 1000 --seconds 3600`.
 
-Runs the storm of tests/chaos/storm.py (30 containers, crashing services, the
-supervisor killed -9 at random moments, lithos_tree SIGQUIT between rounds) until
+Runs the storm of tests/chaos/storm.py (`--containers`, 200 by default: crashing
+services, lithos_switch config switches, the supervisor killed -9 at random
+moments, lithos_tree SIGQUIT between rounds) until
 `--iterations` supervisor kills and `--sigquits` re-execs are done or `--seconds`
 have passed, checking the invariants after every round, then SIGTERMs the tree and
 checks nothing is left. Prints progress, then the figures and every failure; exits
@@ -16,7 +17,7 @@ import os
 import sys
 import time
 
-from tests.chaos.storm import Storm, choose_seed
+from tests.chaos.storm import Layout, Storm, choose_seed
 from tests.chaos.treefix import destroy, make_tree
 
 
@@ -28,18 +29,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=3600.0, help="time bound of the storm")
     p.add_argument("--kills-per-round", type=int, default=3,
                    help="most kills between two SIGQUITs (the back-off grows with each)")
+    p.add_argument("--containers", type=int, default=200,
+                   help="configured instances (at least 30; the CI test runs 30)")
+    p.add_argument("--switch-chance", type=float, default=0.5,
+                   help="chance that a round has a lithos_switch among its kills")
     p.add_argument("--seed", type=int, default=None)
     args = p.parse_args(argv)
     if os.geteuid() != 0:
         print("campaign: needs root (it runs a real lithos_tree)", file=sys.stderr)
         return 2
+    try:
+        layout = Layout.for_containers(args.containers)
+    except ValueError as e:
+        print(f"campaign: {e}", file=sys.stderr)
+        return 2
     seed = args.seed if args.seed is not None else choose_seed()
-    print(f"campaign: seed {seed}; target {args.iterations} kills, {args.sigquits} SIGQUITs, "
-          f"at most {args.seconds:.0f}s", flush=True)  # fmt: skip
+    print(f"campaign: seed {seed}; {layout.containers} containers ({layout}); target "
+          f"{args.iterations} kills, {args.sigquits} SIGQUITs, at most {args.seconds:.0f}s",
+          flush=True)  # fmt: skip
     started = time.monotonic()
     failures: list[str] = []
     lithos = make_tree("campaign")
-    storm = Storm(lithos, seed)
+    storm = Storm(lithos, seed, layout, args.switch_chance)
     figures = storm.figures
     try:
         storm.build()
@@ -65,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     for failure in failures:
         print(f"FAILURE {failure}")
     print(f"iterations (supervisor kills): {figures.kills}; SIGQUITs: {figures.sigquits}; "
-          f"rounds: {figures.rounds}; failures: {len(failures)}; {elapsed:.0f}s; "
+          f"rounds: {figures.rounds}; config switches: {figures.switches}; "
+          f"containers: {layout.containers}; failures: {len(failures)}; {elapsed:.0f}s; "
           f"targets {'met' if met else 'NOT met'}; seed {seed}", flush=True)  # fmt: skip
     return 0 if met and not failures else 1
 

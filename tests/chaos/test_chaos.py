@@ -1,8 +1,11 @@
-"""Chaos, CI subset (issue 11): 30 containers, some crashing every second or so, while
-the supervisor is killed -9 at random moments (>= 50 times) and lithos_tree is
-SIGQUIT (>= 10 re-execs). Between storms: every configured instance runs exactly
-once, steady knots are untouched, the shared port keeps its socket; after SIGTERM
-nothing is left (T-1, T-12, T-38, E-17). Reproduce with LITHOS_CHAOS_SEED=<seed>.
+"""Chaos, CI subset (issue 11): 30 containers, some crashing every second or so,
+lithos_switch config switches (resize and upgrade), while the supervisor is killed -9
+at random moments (>= 50 times) and lithos_tree is SIGQUIT (>= 10 re-execs). Between
+storms: every configured instance runs exactly once, steady knots are untouched, the
+shared port keeps its socket, the metrics' exact equalities hold; after SIGTERM
+nothing is left, veths included (T-1, T-12, T-38, E-17, E-33). The long campaign:
+`python3 -m tests.chaos.campaign` (200 containers). Reproduce with
+LITHOS_CHAOS_SEED=<seed>.
 """
 
 from __future__ import annotations

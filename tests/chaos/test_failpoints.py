@@ -31,7 +31,8 @@ import pytest
 
 from protocol import failpoints
 from supervisor.metrics_file import MetricsFiles
-from tests.chaos.storm import Layout, Storm, _children, _cmdline_has, free_port
+from tests.chaos.leftovers import children, cmdline_has, host_veths, tree_knots
+from tests.chaos.storm import Layout, Storm, free_port
 from tests.e2e.conftest import Lithos, wait_for_file_text
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
@@ -82,6 +83,7 @@ class Tree:
         self.names = [f"{self.sb}/{n}" for n in NAMES]
         self.storm = Storm(lithos, 0, Layout())
         self.storm.sandboxes = (self.sb,)
+        self.storm.veths_before = host_veths()
         lithos.image("fp.v1", {"web.yaml": WEB})
         lithos.sandbox(self.sb, f"allow-tcp-ports: [{self.port}]\n",
                        f"web: {{image: fp.v1, config: /config/web.yaml, instances: 2, "
@@ -138,12 +140,12 @@ class Tree:
         listed = {i.instance for sb in status.sandboxes for p in sb.processes
                   for i in p.instances}  # fmt: skip
         assert listed == set(self.names)
-        knots = self.storm.tree_knots()
+        knots = tree_knots(self.storm.sandboxes)
         assert knots == {n: [running[n]] for n in self.names}, f"knots {knots}, {running}"
         for name, pid in before.items():
             if name != victim:
                 assert running[name] == pid, f"{name}: knot {pid} is now {running[name]}"
-        sups = [p for p in _children(lt.pid) if _cmdline_has(p, b"-m\0supervisor")]
+        sups = [p for p in children(lt.pid) if cmdline_has(p, b"-m\0supervisor")]
         assert len(sups) == 1, f"supervisors: {sups}"
         inodes = {self.fd3_inode(running[n]) for n in self.names}
         assert len(inodes) == 1, f"services hold different sockets: {inodes}"

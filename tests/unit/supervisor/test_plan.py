@@ -180,6 +180,24 @@ def test_reconnect_replays_missed_exits_in_order_then_adopts() -> None:
         "web/other.0: pid 55 exited with code 0 while disconnected; not ours, ignored"]
 
 
+def test_fresh_supervisor_counts_the_deaths_it_missed_x_m6() -> None:
+    """A new supervisor process knows no pid; the knots that died while none was
+    connected still died: one death each (the restored counters keep up)."""
+    from supervisor.metrics import Metrics
+
+    desired = want("web", "django", 2, fp())
+    snap = Snapshot(children=(Child("web/django.1", Pid(101), fp(), 0.0),),
+                    missed_exits=(MissedExit("web/django.0", Pid(100), ExitStatus(code=2)),))
+    r = reconcile(desired, [], {}, now=30.0, snapshot=snap)
+    metrics = Metrics([("web", "django")])
+    for s in r.steps:
+        metrics.record(s.before, s.transition)
+    counts = metrics.processes[("web", "django")]
+    assert (counts.deaths, counts.failures) == (1, 1)
+    assert counts.started == 1  # the restart of django.0; django.1 is adopted
+    assert r.instances["web/django.1"].pid == 101
+
+
 def test_reconnect_in_flight_spawn_is_not_started_twice() -> None:
     desired = want("web", "django", 3, fp())
     r0 = reconcile(desired, [], {}, now=0.0)  # three Spawns, no replies yet
