@@ -62,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
                 storm.round(args.kills_per_round)
             except AssertionError as e:  # a wait timed out: the tree is stuck; stop here
                 failures.append(f"round {figures.rounds + 1}: {e}".splitlines()[0])
+                print("campaign: the tree's last 80 log lines:", flush=True)
+                for line in lithos.log.lines[-80:]:
+                    print(f"  | {line}", flush=True)
                 break
             if figures.rounds % 10 == 0:
                 print(f"  {time.monotonic() - started:7.0f}s  {figures.line()}", flush=True)
