@@ -28,8 +28,8 @@ from .vartypes import Activation, TcpPortVar
 from .volumes import Persistent, Readonly, Statedir, map_dir
 
 __all__ = ["BUILTIN_VARIABLES", "InstantiatedContainer", "check_container", "check_ids",
-           "config_log_line", "instance_fingerprint", "instantiate", "process_config_log_json",
-           "references", "substitute"]
+           "config_log_line", "instance_fingerprint", "instantiate", "map_id",
+           "process_config_log_json", "references", "substitute", "volume_problems"]
 
 PID_VAR = "lithos:pid"
 BUILTIN_VARIABLES = frozenset({"lithos:name", "lithos:config_filename", PID_VAR})
