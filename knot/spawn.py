@@ -112,8 +112,6 @@ def _child(argv: list[str], fds: Mapping[int, int], parent_pidfd: int, pdeathsig
                 os._exit(EXIT_SETUP_FAILED)
         if netns_fd is not None:  # bridged (K-30): the netns the broker prepared
             linux.setns(netns_fd, linux.CLONE_NEWNET)
-        if netns_fd is not None:  # bridged (K-30): the netns the broker prepared
-            linux.setns(netns_fd, linux.CLONE_NEWNET)
         linux.unshare(linux.CLONE_NEWNS | linux.CLONE_NEWUTS | linux.CLONE_NEWIPC)
         _wait_go(go_r)
         _place_fds(fds)

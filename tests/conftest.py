@@ -1,7 +1,9 @@
 """Fixtures shared by every test suite.
 
 `requires_root` marks tests that need real kernel features; they are skipped
-(not faked) when the suite is not run as root. CI runs as root.
+(not faked) when the suite is not run as root. CI runs as root. Tests marked with
+one of OPT_IN (minutes-long runs; the markers are declared in pyproject.toml) are
+skipped unless selected with `-m <marker>`.
 """
 
 from __future__ import annotations
@@ -11,6 +13,18 @@ import os
 import pytest
 
 requires_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+OPT_IN = {"fuzz": "long fuzz run", "long": "a long chaos run"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    selected = config.getoption("markexpr", "") or ""
+    for marker, what in OPT_IN.items():
+        if marker in selected:
+            continue
+        skip = pytest.mark.skip(reason=f"{what}: select it with -m {marker}")
+        for item in items:
+            if item.get_closest_marker(marker) is not None:
+                item.add_marker(skip)
 
 
 def open_fds() -> set[int]:

@@ -2,7 +2,7 @@
 
 Every test here runs under the shared `no_fd_leak` fixture (STYLE P6, trio's
 test_for_leaking_fds). Tests marked `fuzz` (the long decoder fuzz run) are skipped
-unless selected with `-m fuzz`.
+unless selected with `-m fuzz` (tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -14,19 +14,6 @@ import pytest
 
 from protocol.channel import Channel
 from protocol.codec import Decoder
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "fuzz: long fuzz runs; selected with -m fuzz")
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if "fuzz" in (config.getoption("markexpr", "") or ""):
-        return
-    skip = pytest.mark.skip(reason="long fuzz run: select it with -m fuzz")
-    for item in items:
-        if item.get_closest_marker("fuzz") is not None:
-            item.add_marker(skip)
 
 
 @pytest.fixture(autouse=True)
