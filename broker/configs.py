@@ -11,6 +11,7 @@ itself; container configs are read inside the image without escaping it.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ from protocol.records import DenyCode
 
 T = TypeVar("T")
 _Key = tuple[int, int, int, int]
+RACY_NS = 1_000_000_000
 
 
 def _identity(path: Path) -> _Key | None:
@@ -58,6 +60,7 @@ class ConfigCache:
         self.master = master
         self._files: dict[Path, _Entry] = {}
         self._containers: dict[tuple[Path, str], tuple[ContainerConfig, bytes]] = {}
+        self._sandboxes: _Entry | None = None
 
     def _cached(self, path: Path, load: Callable[[Path], T]) -> T:
         key = _identity(path)
@@ -69,7 +72,18 @@ class ConfigCache:
         return value
 
     def sandbox_names(self) -> dict[str, Path]:
-        return list_sandboxes(self.master)
+        """Listed again only when the directory changed (its mtime moves when an
+        entry is added, removed or renamed): this runs at every start. A listing
+        taken within a second of the mtime is not kept: the clock behind mtimes is
+        coarse, and a file added in the same tick would not move it ("racy git")."""
+        key = _identity(self.master.sandboxes_dir)
+        cached = self._sandboxes
+        if cached is not None and key is not None and cached.key == key:
+            return cached.value  # type: ignore[return-value]
+        names = list_sandboxes(self.master)
+        settled = key is not None and time.time_ns() - key[3] > RACY_NS
+        self._sandboxes = _Entry(key, names) if settled else None
+        return names
 
     def sandbox(self, name: str) -> SandboxConfig:
         """Raises: Denied (UNKNOWN_SANDBOX or CONFIG_ERROR)."""
