@@ -11,7 +11,6 @@ import logging
 import os
 import signal
 import socket
-import time
 
 import pytest
 
@@ -151,13 +150,12 @@ def test_control_socket_refuses_and_keeps_serving(lithos) -> None:
         lithos.wait_for(r"control peer \(uid 0\): peer reset the channel; closing",
                         start=before)  # fmt: skip
     assert lithos.status().sandboxes
-    # A flood: thousands of requests, as fast as one client can go.
+    # A flood: thousands of requests, as fast as one client can go (how fast is
+    # not asserted: timing goals live in bench/, and this machine is shared).
     with lithos.control() as ch:
-        t0 = time.monotonic()
         for i in range(3000):
             ch.send(m.GetStatus(), i + 10)
             assert isinstance(ch.recv().message, m.StatusTree)
-        rate = 3000 / (time.monotonic() - t0)
     # ...and one that never reads its replies (the broker drops it, not itself).
     s = raw_control(lithos)
     hello = encode(m.Hello(m.PROTOCOL_VERSION, Role.CONTROL), 1)
@@ -181,7 +179,6 @@ def test_control_socket_refuses_and_keeps_serving(lithos) -> None:
     assert sorted(lithos.running()) == ["h/s.0", "h/s.1"]
     assert lithos.status().sandboxes
     assert lithos.proc.poll() is None
-    assert rate > 500, rate
 
 
 @pytest.fixture

@@ -89,7 +89,9 @@ def test_exit_codes_restart_timeout_and_privileges(lithos) -> None:
     assert 1.0 < float(line.group(1)) < 1.95  # ran ~0.3 s: waits the rest of 2 s
     lithos.wait_for(r"x/ok\.0: BACKOFF -> STARTING", start=mark)
     between = time.monotonic() - t0
-    assert 1.7 < between < 3.0, between
+    # The lower bound is E-13; the upper one only says it did not wait a whole
+    # extra period (loose: the 2 cores here are shared with other root suites).
+    assert 1.7 < between < 3.9, between
 
 
 def test_reload_restarts_only_changed_entry_and_lowering_retires(lithos) -> None:
@@ -142,7 +144,7 @@ def test_reload_restarts_only_changed_entry_and_lowering_retires(lithos) -> None
     assert reload(lithos) == ()
     lithos.wait_for(rf"Container y/s\.1 \(pid: {before['y/s.1']}\) exited with code 3",
                     start=mark)  # fmt: skip
-    assert time.monotonic() - t0 < 6
+    assert time.monotonic() - t0 < 10  # killed at kill-timeout, not left running
     lithos.wait_for(r"supervisor ready:", start=mark)
     final = lithos.running()
     assert "y/s.1" not in final
