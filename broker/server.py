@@ -2,21 +2,21 @@
 
 Owns the single choke point every request passes (STYLE P5, OpenSSH's
 mon_table): look up the handler, check the peer's role and phase, run the
-check (which raises Denied), act, reply; the control socket; the start-up
-(recovering children, then the loop's signal wiring). What an event sets off
-lives beside it: broker/exits.py (SIGCHLD -> InstanceExited, queued while no
-supervisor listens), broker/supervision.py (the supervisor's own life: started
-as an unprivileged user, restarted with a back-off, waited for after a
-re-exec), broker/reexec.py (SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2) and
-broker/shutdown.py (SIGTERM, SIGINT). Rules: nothing here decides *when* to
-start or stop an instance; that is the supervisor's. A ProtocolViolation closes
-that peer, never the broker.
+check (which raises Denied), act, reply; the control socket; the order of the
+start-up. What an event sets off lives beside it, as functions of the Broker:
+broker/exits.py (SIGCHLD -> InstanceExited, queued while no supervisor
+listens), broker/supervision.py (the supervisor's own life: started as an
+unprivileged user, restarted with a back-off, waited for after a re-exec),
+broker/reexec.py (SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2), broker/shutdown.py
+(SIGTERM, SIGINT), broker/recovery.py (children found again at start-up) and
+broker/published.py (metric files, config log). Rules: nothing here decides
+*when* to start or stop an instance; that is the supervisor's. A
+ProtocolViolation closes that peer, never the broker.
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime
 import errno
 import logging
 import os
@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from broker import exits, starter, supervision
-from broker.cgroups import CgroupError, CgroupLayout, instance_group
+from broker import exits, published, recovery, starter, supervision
+from broker.cgroups import CgroupLayout, instance_group
 from broker.children import Child, Children, handed_over, new_child
 from broker.configs import ConfigCache
 from broker.daemon import Account
@@ -39,7 +39,6 @@ from broker.notify import sd_notify
 from broker.peers import Peer, Phase
 from broker.policy import parse_instance, plan_start
 from broker.ports import PortTable
-from broker.reclaim import reclaim
 from broker.reexec import HANDLED_SIGNALS, REEXEC_SIGNALS, reexec
 from broker.sandboxlogs import SandboxLogs
 from broker.shutdown import shutdown
@@ -47,8 +46,6 @@ from broker.status import History, status_tree
 from protocol import failpoints
 from protocol import messages as m
 from protocol.channel import Channel
-from protocol.config import ConfigError, process_config_log_json
-from protocol.configlog import append_config_log
 from protocol.errors import ChannelClosed, Denied, ProtocolViolation
 from protocol.fingerprint import fingerprint
 from protocol.loop import Loop
@@ -66,7 +63,6 @@ log = logging.getLogger(__name__)
 LITHOS_VERSION = "0.1.0"
 MAX_PENDING_EXITS = 100_000
 MAX_CONTROL_PEERS = 256
-METRIC_SUFFIXES = (".meta", ".values", ".prom")  # supervisor/metrics_file.py writes them
 ACCEPT_PAUSE_S = 1.0
 # Signals the supervisor may ask for (the wire type already restricts the set).
 ALLOWED_SIGNALS = frozenset(
@@ -110,7 +106,7 @@ class Broker:
         self.history: dict[str, History] = {}
         self.pending: deque[m.InstanceExited] = deque(maxlen=MAX_PENDING_EXITS)
         self.peers: dict[int, Peer] = {}
-        self.supervisor: Peer | None = None
+        self.supervisor: Peer | None = None  # its peer; the rest is supervision.py's
         self.supervisor_pid: int | None = None
         self.old_supervisor_pid: int | None = None  # the one before a re-exec
         self.supervisor_started = 0.0
@@ -142,35 +138,7 @@ class Broker:
         self.cgroups = cgroups
         if self.resumed:
             failpoints.hit("broker.reexec.after_exec")
-        for child in self.children.recover(self.handed_over):
-            log.info("%s: recovered (pid %d)", child.instance, child.pid)
-            exits.watch_orphan(self, child)
-        self.handed_over = {}
-        for child in self.children.found:
-            if cgroups is not None and child.cgroup is not None:
-                try:
-                    cgroups.handle(child.cgroup).add(child.pid)
-                except CgroupError as e:
-                    log.error("%s: joining cgroup %s: %s", child.instance, child.cgroup, e)
-        # Knots that died while no broker ran (it was SIGKILLed): their exit
-        # status is lost for good, but their cgroup and state dir are not left.
-        for child in self.children.gone:
-            if self.children.by_name(child.instance) is None:
-                if child.pid > 0:  # (-1: a start cut short, logged by recover())
-                    log.warning("%s: pid %d exited while lithos_tree was down; cleaning up",
-                                child.instance, child.pid)  # fmt: skip
-                starter.clean_up(child, self.ports, cgroups)
-        self.children.gone.clear()
-        if not self.resumed:
-            # After a SIGKILL of the previous broker: its sockets live on in the
-            # containers it left; take them back so siblings share them again.
-            orphans = [c for c in self.children if c.orphan_pidfd >= 0 and c.ports]
-            if orphans:
-                self.ports.close()
-                self.ports = PortTable.adopt(reclaim(orphans))
-        # Sockets whose instances did not survive are closed (T-12).
-        for addr in self.ports.retain(c.instance for c in self.children):
-            log.info("Closing socket %s: no live instance uses it", addr)
+        recovery.recover(self, cgroups)
         self.loop.on_signal(signal.SIGCHLD, lambda _s: exits.reap(self))
         for signum in REEXEC_SIGNALS:
             self.loop.on_signal(signum, lambda _s: reexec(self))
@@ -179,50 +147,10 @@ class Broker:
         # Handlers are in place: what arrived during a re-exec is delivered now.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
         self._open_control_socket()
-        self.prepare_metric_files()
-        self.log_configs()
+        published.prepare_metric_files(self)
+        published.log_configs(self)
         exits.reap(self)  # exits that happened while we were exec'ing
         supervision.start_or_wait(self)
-
-    def prepare_metric_files(self) -> None:
-        """Creates <runtime-dir>/metrics.{meta,values,prom} for the supervisor to write.
-
-        The supervisor may not create files in runtime-dir (root's); it only
-        writes these in place (supervisor/metrics_file.py), so cantal's mmap and
-        the counters of a previous supervisor survive (X-M1, X-M6).
-        """
-        account = self.options.supervisor_account
-        for suffix in METRIC_SUFFIXES:
-            path = self.master.runtime_dir / f"metrics{suffix}"
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
-                try:
-                    os.fchown(fd, account.uid, account.gid)
-                    os.fchmod(fd, 0o644)
-                finally:
-                    os.close(fd)
-            except OSError as e:
-                log.warning("%s: %s (metrics will not be published there)", path, e.strerror)
-
-    def log_configs(self) -> None:
-        """T-27: one line per sandbox with its process config, at start and reload."""
-        if self.master.config_log_dir is None:
-            return
-        now = datetime.datetime.now(datetime.UTC)
-        try:
-            names = self.configs.sandbox_names()
-        except ConfigError as e:
-            log.error("config log: %s", e)
-            return
-        for name in names:
-            try:
-                processes = self.configs.processes(self.configs.sandbox(name))
-            except Denied:
-                continue  # reported by the supervisor; nothing good to log
-            error = append_config_log(self.master.config_log_dir, name,
-                                      process_config_log_json(processes), now)  # fmt: skip
-            if error is not None:
-                log.error("%s", error)
 
     def _open_control_socket(self) -> None:
         path = self.master.runtime_dir / "control.sock"
@@ -501,9 +429,7 @@ class Broker:
         self.ports.close()
         self.loop.close()
         if self.shutting_down:  # X-M7: a clean exit removes the metric files
-            for suffix in METRIC_SUFFIXES:
-                with contextlib.suppress(OSError):
-                    (self.master.runtime_dir / f"metrics{suffix}").unlink()
+            published.remove_metric_files(self)
 
 
 _ANY = frozenset(Phase)

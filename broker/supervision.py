@@ -2,7 +2,9 @@
 
 Owns the supervisor process and the Broker attributes that describe it
 (supervisor_pid, old_supervisor_pid, supervisor_started, supervisor_failures,
-supervisor_leaving, relays; set in Broker.__init__, written only here). Rules:
+supervisor_leaving, relays: set in Broker.__init__, changed only here, but for
+the relays closed by Broker.close()); its peer (Broker.supervisor) is made
+here and then served by the dispatcher like any other. Rules:
 - it runs as supervisor-user, its stderr relayed into our log (broker/logrelay.py);
 - a dead one is restarted after SUPERVISOR_BACKOFF_S (the first restart is
   immediate; a life of SUPERVISOR_STABLE_S resets the back-off), never while
@@ -25,7 +27,7 @@ import socket
 import time
 from typing import TYPE_CHECKING
 
-from broker import shutdown
+from broker import published, shutdown
 from broker.daemon import spawn_supervisor
 from broker.logrelay import LogRelay
 from broker.peers import Peer
@@ -162,7 +164,7 @@ def _supervisor_exited(b: Broker, status: str) -> None:
 
 def reload(b: Broker) -> None:
     """Re-reads every config: a fresh supervisor does it and reconciles."""
-    b.log_configs()
+    published.log_configs(b)
     if b.supervisor_pid is not None:
         log.info("reload: restarting the supervisor (pid %d)", b.supervisor_pid)
         b.supervisor_failures = 0
