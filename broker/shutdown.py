@@ -50,6 +50,6 @@ def _kill_stragglers(b: Broker) -> None:
 
 
 def maybe_finish(b: Broker) -> None:
-    """Stops the loop once, shutting down, no child and no supervisor is left."""
+    """Stops the loop when shutting down and no child nor supervisor is left."""
     if b.shutting_down and len(b.children) == 0 and b.supervisor_pid is None:
         b.loop.stop()
