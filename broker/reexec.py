@@ -3,13 +3,14 @@
 Owns the hand-over: what the old broker image must tell the new one that the
 kernel does not keep for us, and its order (`reexec`: the supervisor's last
 requests are carried out, its stderr drained, every peer closed, the handled
-signals blocked across the exec). Children stay children across execve (same pid) and
-are found again from their records (broker/children.py); listening sockets stay
-open because their CLOEXEC flag is cleared just before exec; everything else
-(which fd is which address, exits not yet delivered to a supervisor) travels in
-a sealed memfd whose number is in LITHOS_RESUME_FD. Rules: nothing here decides
-anything else; a resume state that cannot be read is logged and ignored (the new
-broker then recovers from /proc and the records alone).
+signals blocked across the exec). Children stay children across execve (same
+pid) and are found again from their records (broker/children.py); listening
+sockets stay open because their CLOEXEC flag is cleared just before exec;
+everything else (which fd is which address, exits not yet delivered to a
+supervisor) travels in a sealed memfd whose number is in LITHOS_RESUME_FD.
+Rules: nothing here decides when to re-exec (a signal does); a resume state
+that cannot be read is logged and ignored (the new broker then recovers from
+/proc and the records alone).
 """
 
 from __future__ import annotations
