@@ -38,7 +38,7 @@ class Options:
 
 def _spacing() -> float:
     try:
-        from broker.server import SUPERVISOR_STABLE_S
+        from broker.supervision import SUPERVISOR_STABLE_S
     except ImportError:
         return 10.5
     return SUPERVISOR_STABLE_S + 0.5

@@ -1,51 +1,51 @@
-"""The broker's loop: its peers, its children, its signals.
+"""The broker's loop: its peers, its signals, the requests and their handlers.
 
 Owns the single choke point every request passes (STYLE P5, OpenSSH's
 mon_table): look up the handler, check the peer's role and phase, run the
-check (which raises Denied), act, reply. Also reaping (SIGCHLD -> InstanceExited,
-queued while no supervisor listens), the supervisor's own life (started as an
-unprivileged user, restarted with a back-off), re-exec (SIGQUIT, SIGHUP, SIGUSR1,
-SIGUSR2) and shutdown (SIGTERM, SIGINT). Rules: nothing here decides *when* to
-start or stop an instance; that is the supervisor's. A ProtocolViolation closes
-that peer, never the broker.
+check (which raises Denied), act, reply; the control socket; the order of the
+start-up. What an event sets off lives beside it, as functions of the Broker:
+broker/exits.py (SIGCHLD -> InstanceExited, queued while no supervisor
+listens), broker/supervision.py (the supervisor's own life: started as an
+unprivileged user, restarted with a back-off, waited for after a re-exec),
+broker/reexec.py (SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2), broker/shutdown.py
+(SIGTERM, SIGINT), broker/recovery.py (children found again at start-up) and
+broker/published.py (metric files, config log). Rules: nothing here decides
+*when* to start or stop an instance; that is the supervisor's. A
+ProtocolViolation closes that peer, never the broker.
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime
-import enum
 import errno
 import logging
 import os
-import select
 import signal
 import socket
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from broker import starter
-from broker.cgroups import CgroupError, CgroupLayout, instance_group
+from broker import exits, published, recovery, starter, supervision
+from broker.cgroups import CgroupLayout, instance_group
 from broker.children import Child, Children, handed_over, new_child
 from broker.configs import ConfigCache
-from broker.daemon import Account, spawn_supervisor
+from broker.daemon import Account
 from broker.logrelay import LogRelay
 from broker.notify import sd_notify
+from broker.peers import Peer, Phase
 from broker.policy import parse_instance, plan_start
 from broker.ports import PortTable
-from broker.reclaim import reclaim
-from broker.reexec import exec_self
+from broker.reexec import HANDLED_SIGNALS, REEXEC_SIGNALS, reexec
 from broker.sandboxlogs import SandboxLogs
+from broker.shutdown import shutdown
 from broker.status import History, status_tree
 from protocol import failpoints
 from protocol import messages as m
 from protocol.channel import Channel
-from protocol.config import ConfigError, process_config_log_json
-from protocol.configlog import append_config_log
 from protocol.errors import ChannelClosed, Denied, ProtocolViolation
 from protocol.fingerprint import fingerprint
 from protocol.loop import Loop
@@ -53,7 +53,6 @@ from protocol.records import (
     ChildInfo,
     ChildState,
     DenyCode,
-    LastExit,
     Pid,
     ResourceUsage,
     Role,
@@ -63,40 +62,13 @@ log = logging.getLogger(__name__)
 
 LITHOS_VERSION = "0.1.0"
 MAX_PENDING_EXITS = 100_000
-REEXEC_SIGNALS = (signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
-# Every signal the loop handles; blocked across a re-exec (see reexec()).
-HANDLED_SIGNALS = (*REEXEC_SIGNALS, signal.SIGCHLD, signal.SIGTERM, signal.SIGINT)
 MAX_CONTROL_PEERS = 256
-METRIC_SUFFIXES = (".meta", ".values", ".prom")  # supervisor/metrics_file.py writes them
 ACCEPT_PAUSE_S = 1.0
-# The first restart is immediate (a supervisor that lived SUPERVISOR_STABLE_S had
-# no crash loop; containers go unsupervised until its successor is ready).
-SUPERVISOR_BACKOFF_S = (0.0, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0)
-SUPERVISOR_STABLE_S = 10.0  # a supervisor that lived this long resets the back-off
-REEXEC_DRAIN_S = 5.0  # at most this long a re-exec waits for the supervisor's last requests
 # Signals the supervisor may ask for (the wire type already restricts the set).
 ALLOWED_SIGNALS = frozenset(
     {signal.SIGTERM, signal.SIGKILL, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT,
      signal.SIGUSR1, signal.SIGUSR2}
 )  # fmt: skip
-
-
-class Phase(enum.Enum):
-    NEW = "new"  # connected, no Hello yet
-    HELLO = "hello"  # Hello accepted
-    SNAPSHOT = "snapshot"  # supervisor has its snapshot, reconciling
-    READY = "ready"  # supervisor reconciled: exits go out as events
-
-
-@dataclass(slots=True)
-class Peer:
-    """One connection: the supervisor's socketpair or a control client."""
-
-    channel: Channel
-    role: Role
-    uid: int
-    phase: Phase = Phase.NEW
-    handed: int = 0  # pending exits given in its snapshot, dropped at its Ready
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +106,7 @@ class Broker:
         self.history: dict[str, History] = {}
         self.pending: deque[m.InstanceExited] = deque(maxlen=MAX_PENDING_EXITS)
         self.peers: dict[int, Peer] = {}
-        self.supervisor: Peer | None = None
+        self.supervisor: Peer | None = None  # its peer; the rest is supervision.py's
         self.supervisor_pid: int | None = None
         self.old_supervisor_pid: int | None = None  # the one before a re-exec
         self.supervisor_started = 0.0
@@ -166,108 +138,19 @@ class Broker:
         self.cgroups = cgroups
         if self.resumed:
             failpoints.hit("broker.reexec.after_exec")
-        for child in self.children.recover(self.handed_over):
-            log.info("%s: recovered (pid %d)", child.instance, child.pid)
-            self._watch_orphan(child)
-        self.handed_over = {}
-        for child in self.children.found:
-            if cgroups is not None and child.cgroup is not None:
-                try:
-                    cgroups.handle(child.cgroup).add(child.pid)
-                except CgroupError as e:
-                    log.error("%s: joining cgroup %s: %s", child.instance, child.cgroup, e)
-        # Knots that died while no broker ran (it was SIGKILLed): their exit
-        # status is lost for good, but their cgroup and state dir are not left.
-        for child in self.children.gone:
-            if self.children.by_name(child.instance) is None:
-                if child.pid > 0:  # (-1: a start cut short, logged by recover())
-                    log.warning("%s: pid %d exited while lithos_tree was down; cleaning up",
-                                child.instance, child.pid)  # fmt: skip
-                starter.clean_up(child, self.ports, cgroups)
-        self.children.gone.clear()
-        if not self.resumed:
-            # After a SIGKILL of the previous broker: its sockets live on in the
-            # containers it left; take them back so siblings share them again.
-            orphans = [c for c in self.children if c.orphan_pidfd >= 0 and c.ports]
-            if orphans:
-                self.ports.close()
-                self.ports = PortTable.adopt(reclaim(orphans))
-        # Sockets whose instances did not survive are closed (T-12).
-        for addr in self.ports.retain(c.instance for c in self.children):
-            log.info("Closing socket %s: no live instance uses it", addr)
-        self.loop.on_signal(signal.SIGCHLD, lambda _s: self.reap())
+        recovery.recover(self, cgroups)
+        self.loop.on_signal(signal.SIGCHLD, lambda _s: exits.reap(self))
         for signum in REEXEC_SIGNALS:
-            self.loop.on_signal(signum, lambda _s: self.reexec())
-        self.loop.on_signal(signal.SIGTERM, lambda _s: self.shutdown(signal_children=True))
-        self.loop.on_signal(signal.SIGINT, lambda _s: self.shutdown(signal_children=False))
+            self.loop.on_signal(signum, lambda _s: reexec(self))
+        self.loop.on_signal(signal.SIGTERM, lambda _s: shutdown(self, signal_children=True))
+        self.loop.on_signal(signal.SIGINT, lambda _s: shutdown(self, signal_children=False))
         # Handlers are in place: what arrived during a re-exec is delivered now.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
         self._open_control_socket()
-        self.prepare_metric_files()
-        self.log_configs()
-        self.reap()  # exits that happened while we were exec'ing
-        if self.old_supervisor_pid is None:
-            self.start_supervisor()
-        else:
-            # It saw its channel close at the exec; it handles what it had read,
-            # publishes its metrics and exits. A new one started meanwhile would read
-            # the metric files before that last publish and overwrite it (X-M6).
-            log.info("waiting for the previous supervisor (pid %d) to exit",
-                     self.old_supervisor_pid)  # fmt: skip
-            self.loop.call_later(SUPERVISOR_STABLE_S, self._previous_supervisor_late)
-
-    def prepare_metric_files(self) -> None:
-        """Creates <runtime-dir>/metrics.{meta,values,prom} for the supervisor to write.
-
-        The supervisor may not create files in runtime-dir (root's); it only
-        writes these in place (supervisor/metrics_file.py), so cantal's mmap and
-        the counters of a previous supervisor survive (X-M1, X-M6).
-        """
-        account = self.options.supervisor_account
-        for suffix in METRIC_SUFFIXES:
-            path = self.master.runtime_dir / f"metrics{suffix}"
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
-                try:
-                    os.fchown(fd, account.uid, account.gid)
-                    os.fchmod(fd, 0o644)
-                finally:
-                    os.close(fd)
-            except OSError as e:
-                log.warning("%s: %s (metrics will not be published there)", path, e.strerror)
-
-    def log_configs(self) -> None:
-        """T-27: one line per sandbox with its process config, at start and reload."""
-        if self.master.config_log_dir is None:
-            return
-        now = datetime.datetime.now(datetime.UTC)
-        try:
-            names = self.configs.sandbox_names()
-        except ConfigError as e:
-            log.error("config log: %s", e)
-            return
-        for name in names:
-            try:
-                processes = self.configs.processes(self.configs.sandbox(name))
-            except Denied:
-                continue  # reported by the supervisor; nothing good to log
-            error = append_config_log(self.master.config_log_dir, name,
-                                      process_config_log_json(processes), now)  # fmt: skip
-            if error is not None:
-                log.error("%s", error)
-
-    def _watch_orphan(self, child: Child) -> None:
-        if child.orphan_pidfd < 0:
-            return
-        fd = child.orphan_pidfd
-        self.loop.add_reader(fd, lambda: self._orphan_exited(child.pid, fd))
-
-    def _orphan_exited(self, pid: int, fd: int) -> None:
-        self.loop.remove_reader(fd)
-        # Not our child: the status went to whoever adopted it; record an
-        # abnormal exit (the knot's own death line is in the stdio log).
-        log.warning("pid %d exited while not our child; exit status unknown", pid)
-        self._child_exited(pid, exit_code=2, signum=None, core=False, rusage=None)
+        published.prepare_metric_files(self)
+        published.log_configs(self)
+        exits.reap(self)  # exits that happened while we were exec'ing
+        supervision.start_or_wait(self)
 
     def _open_control_socket(self) -> None:
         path = self.master.runtime_dir / "control.sock"
@@ -326,103 +209,6 @@ class Broker:
         peer.channel.close()
         if peer is self.supervisor:
             self.supervisor = None
-
-    # -- the supervisor process ---------------------------------------------
-
-    def _last_requests(self, fd: int) -> None:
-        """Before a re-exec: the supervisor's last requests are carried out, not dropped.
-
-        Our side of its channel is shut for writing: it sees the end, handles the
-        events it had read (their Spawns are counted as started, X-M6) and exits; its
-        requests are read until then. Bounded by REEXEC_DRAIN_S (a stuck supervisor
-        must not stop the re-exec).
-        """
-        with contextlib.suppress(OSError), socket.socket(fileno=os.dup(fd)) as sock:
-            sock.shutdown(socket.SHUT_WR)
-        deadline = time.monotonic() + REEXEC_DRAIN_S
-        while fd in self.peers and (left := deadline - time.monotonic()) > 0:
-            if not select.select([fd], [], [], left)[0]:
-                log.warning("re-exec: the supervisor did not finish in %.0fs", REEXEC_DRAIN_S)
-                return
-            self._on_readable(fd)
-
-    def _previous_supervisor_late(self) -> None:
-        if self.old_supervisor_pid is not None:
-            log.warning("previous supervisor (pid %d) still runs after %.0fs; killing it",
-                        self.old_supervisor_pid, SUPERVISOR_STABLE_S)  # fmt: skip
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.old_supervisor_pid, signal.SIGKILL)
-
-    def start_supervisor(self) -> None:
-        if self.shutting_down or self.supervisor is not None or self.supervisor_pid is not None:
-            return
-        self.supervisor_leaving = False
-        # Its stderr is a pipe we relay into our own log (broker/logrelay.py): it may
-        # not open master.log itself, and our handlers know rotation and syslog.
-        relay_r, relay_w = os.pipe2(os.O_CLOEXEC)
-        try:
-            pid, sock = spawn_supervisor(
-                self.options.supervisor_account,
-                self.options.master_path,
-                self.options.supervisor_args,
-                relay_w,
-            )
-        except BaseException:
-            os.close(relay_r)
-            raise
-        finally:
-            os.close(relay_w)
-        self._add_relay(LogRelay(relay_r, pid))
-        channel = Channel(sock)
-        channel.setblocking(False)
-        self.supervisor_pid = pid
-        self.supervisor_started = time.monotonic()
-        self.supervisor = Peer(channel, Role.SUPERVISOR, self.options.supervisor_account.uid)
-        self._add_peer(self.supervisor)
-        log.info("supervisor started (pid %d, user %s)", pid, self.options.supervisor_account.name)
-
-    def _add_relay(self, relay: LogRelay) -> None:
-        fd = relay.fd
-        self.relays[fd] = relay
-
-        def readable() -> None:
-            if not relay.on_readable():  # EOF: that supervisor is gone
-                self.loop.remove_reader(fd)
-                self.relays.pop(fd, None)
-                relay.close()
-
-        self.loop.add_reader(fd, readable)
-
-    def _supervisor_exited(self, status: str) -> None:
-        lived = time.monotonic() - self.supervisor_started
-        self.supervisor_pid = None
-        if self.supervisor is not None:
-            # What it sent before it died was decided (and counted) by it: carry it out.
-            self._on_readable(self.supervisor.channel.fileno())
-        if self.supervisor is not None:
-            self._drop_peer(self.supervisor.channel.fileno())
-        if self.shutting_down:
-            self._maybe_finish_shutdown()
-            return
-        if lived >= SUPERVISOR_STABLE_S:
-            self.supervisor_failures = 0
-        delay = SUPERVISOR_BACKOFF_S[min(self.supervisor_failures, len(SUPERVISOR_BACKOFF_S) - 1)]
-        self.supervisor_failures += 1
-        log.warning("supervisor %s after %.1fs; restarting in %.1fs", status, lived, delay)
-        self.loop.call_later(delay, self.start_supervisor)
-
-    def reload(self) -> None:
-        """Re-reads every config: a fresh supervisor does it and reconciles."""
-        self.log_configs()
-        if self.supervisor_pid is not None:
-            log.info("reload: restarting the supervisor (pid %d)", self.supervisor_pid)
-            self.supervisor_failures = 0
-            # Exits from now on wait for the next one; it handles those already sent.
-            self.supervisor_leaving = True
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.supervisor_pid, signal.SIGTERM)
-        else:
-            self.start_supervisor()
 
     # -- requests ------------------------------------------------------------
 
@@ -542,7 +328,7 @@ class Broker:
         peer.phase = Phase.READY
         for _ in range(min(peer.handed, len(self.pending))):
             self.pending.popleft()
-        self.loop.call_later(0, self._flush_pending)
+        self.loop.call_later(0, lambda: exits.flush_pending(self))
         log.info("supervisor ready (%d children)", len(self.children))
         sd_notify("READY=1")  # systemd Type=notify: every container started or adopted
         return m.SupervisorReadyOk()
@@ -623,152 +409,8 @@ class Broker:
                 self.configs.processes(self.configs.sandbox(name))
             except Denied as e:
                 errors.append(e.reason[:4000])
-        self.reload()
+        supervision.reload(self)
         return m.ReloadOk(tuple(errors))
-
-    # -- children ------------------------------------------------------------
-
-    def reap(self) -> None:
-        """Reaps every exited child (SIGCHLD); a textbook waitpid loop."""
-        while True:
-            try:
-                pid, status, rusage = os.wait4(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            code = os.waitstatus_to_exitcode(status)
-            exit_code, signum = (code, None) if code >= 0 else (None, -code)
-            core = os.WIFSIGNALED(status) and os.WCOREDUMP(status)
-            if pid == self.old_supervisor_pid:
-                log.info("previous supervisor (pid %d) exited", pid)
-                self.old_supervisor_pid = None
-                self.start_supervisor()
-                continue
-            if pid == self.supervisor_pid:
-                what = f"exited with code {exit_code}" if signum is None else \
-                    f"killed by signal {signal.Signals(signum).name}"  # fmt: skip
-                self._supervisor_exited(what)
-                continue
-            usage = ResourceUsage(rusage.ru_utime, rusage.ru_stime, max(0, rusage.ru_maxrss))
-            if self.children.by_pid(pid) is None:
-                log.debug("Unknown process %d exited (%s)", pid, code)
-                continue
-            self._child_exited(pid, exit_code, signum, core, usage)
-
-    def _child_exited(
-        self,
-        pid: int,
-        exit_code: int | None,
-        signum: int | None,
-        core: bool,
-        rusage: ResourceUsage | None,
-    ) -> None:
-        child = self.children.by_pid(pid)
-        if child is None:
-            return
-        failpoints.hit("broker.reap.after_wait")
-        # What it leaves goes before its record: a crash in between finds the
-        # record again, and the next broker cleans up (E-30: no stale state dir).
-        starter.clean_up(child, self.ports, self.cgroups)
-        failpoints.hit("broker.reap.after_cleanup")
-        self.children.remove(pid)
-        run_time = max(0.0, time.monotonic() - child.started_mono)
-        status = f"exited with code {exit_code}" if signum is None else \
-            f"killed by signal {signal.Signals(signum).name}"  # fmt: skip
-        log.info("Container %s (pid: %d) %s after %.1fs", child.instance, pid, status, run_time)
-        self.history.setdefault(child.instance, History()).last_exit = LastExit(
-            exit_code, signum, core, time.time()
-        )
-        event = m.InstanceExited(child.instance, Pid(pid), exit_code, signum, core,
-                                 rusage or ResourceUsage(0.0, 0.0, 0), run_time)  # fmt: skip
-        failpoints.hit("broker.reap.before_report")
-        sup = self.supervisor
-        if sup is not None and sup.phase is Phase.READY and not self.pending and \
-                not self.supervisor_leaving:  # fmt: skip
-            try:
-                self._send(sup, event, 0)
-            except (OSError, ChannelClosed):
-                self.pending.append(event)
-        else:
-            self.pending.append(event)
-        if self.shutting_down:
-            self._maybe_finish_shutdown()
-
-    def _flush_pending(self) -> None:
-        sup = self.supervisor
-        while self.pending and sup is not None and sup.phase is Phase.READY and \
-                not self.supervisor_leaving:  # fmt: skip
-            try:
-                self._send(sup, self.pending[0], 0)
-            except (OSError, ChannelClosed):
-                return
-            self.pending.popleft()
-
-    # -- re-exec and shutdown --------------------------------------------------
-
-    def reexec(self) -> None:
-        """T-1, E-17: exec ourselves in place; children and sockets are kept."""
-        log.warning("re-executing lithos_tree (pid %d stays)", os.getpid())
-        sup_pid = self.supervisor_pid
-        if self.supervisor is not None:
-            self._last_requests(self.supervisor.channel.fileno())
-        for relay in self.relays.values():
-            relay.drain()  # what the supervisor said up to now (its pipe closes at exec)
-        for fd in list(self.peers):
-            self._drop_peer(fd)  # the supervisor sees EOF and exits; a new one comes
-        if self.control is not None:
-            self.control.close()
-        self.ports.prepare_for_exec()
-        state = {
-            "ports": self.ports.export(),
-            "pending_exits": [asdict(e) for e in self.pending],
-            "supervisor_pid": sup_pid,
-            # Our own children only (not the orphans of a killed broker, watched
-            # through pidfds): they stay ours across the exec (children.py).
-            "children": [c.to_json() for c in self.children if c.orphan_pidfd < 0],
-            "started_at_wall": self.options.started_at_wall,
-        }
-        # The mask survives execve: a signal that comes before the new image has
-        # its handlers stays pending instead of killing us by its default action
-        # (SIGQUIT's is to dump core). start() unblocks them.
-        signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
-        self.loop.close()
-        failpoints.hit("broker.reexec.before_exec")
-        try:
-            exec_self(state, keep_fds=[])
-        except OSError as e:  # pragma: no cover - exec of our own interpreter failed
-            log.error("re-exec failed: %s; carrying on", e)
-            self.ports.exec_failed()
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
-
-    def shutdown(self, *, signal_children: bool) -> None:
-        """T-38 (SIGTERM: stop every container) and T-39 (SIGINT: the terminal did)."""
-        if not self.shutting_down:
-            log.warning("shutting down (%d containers)", len(self.children))
-        self.shutting_down = True
-        if self.supervisor_pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.supervisor_pid, signal.SIGTERM)
-        if signal_children:
-            longest = 0.0
-            for child in self.children:
-                longest = max(longest, child.kill_timeout_s)
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(child.pid, signal.SIGTERM)
-            # Knots enforce kill-timeout themselves (K-41); this is the backstop.
-            self.loop.call_later(longest + 5.0, self._kill_stragglers)
-        self._maybe_finish_shutdown()
-
-    def _kill_stragglers(self) -> None:
-        for child in self.children:
-            log.warning("%s: still alive after kill-timeout; SIGKILL", child.instance)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(child.pid, signal.SIGKILL)
-
-    def _maybe_finish_shutdown(self) -> None:
-        if self.shutting_down and len(self.children) == 0 and self.supervisor_pid is None:
-            self.loop.stop()
 
     def run(self) -> None:
         self.loop.run()
@@ -787,9 +429,7 @@ class Broker:
         self.ports.close()
         self.loop.close()
         if self.shutting_down:  # X-M7: a clean exit removes the metric files
-            for suffix in METRIC_SUFFIXES:
-                with contextlib.suppress(OSError):
-                    (self.master.runtime_dir / f"metrics{suffix}").unlink()
+            published.remove_metric_files(self)
 
 
 _ANY = frozenset(Phase)
