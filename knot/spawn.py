@@ -43,7 +43,7 @@ import signal
 import sys
 from collections.abc import Callable, Mapping
 
-from knot import initbin, linux
+from knot import initbin, linux, nativespawn
 from knot import main as knot_main
 from knot.exitcodes import EXIT_SETUP_FAILED
 from knot.spec import KnotSpec
@@ -53,10 +53,11 @@ KNOT_MODULE = "knot.lithos_knot"
 # `-m knot.lithos_knot` imports the same code as the spawner, installed or not.
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _BLOCKED = (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD)
-# LITHOS_KNOT_SPAWN=exec makes every knot an exec'd interpreter (the old way);
-# fork (the default) forks it without exec when the native pid 1 is used.
+# With the native pid 1, LITHOS_KNOT_SPAWN=spawn (the default) starts it directly
+# with posix_spawn (knot.nativespawn); fork forks the spawner, runs the setup in
+# Python and execs it; exec execs `python3 -m knot.lithos_knot` (the old way).
 SPAWN_ENV = "LITHOS_KNOT_SPAWN"
-SPAWN_MODES = ("fork", "exec")
+SPAWN_MODES = ("spawn", "fork", "exec")
 KNOT_COMM = b"lithos_knot"  # the forked knot's name (comm) until it execs the native init
 
 
@@ -190,13 +191,26 @@ def _forked_child(spec: KnotSpec, fds: Mapping[int, int], log_no: int | None,
 _COMM = ctypes.create_string_buffer(KNOT_COMM)
 
 
+def spawn_mode(native_init: str | None) -> str:
+    """How to start a knot: "spawn" (posix_spawn of the native init, which runs the
+    setup itself), "fork" (fork without exec, the setup in Python, then exec the
+    native init) or "exec" (exec `python3 -m knot.lithos_knot`).
+
+    Without a native init: exec (a forked Python pid 1 would keep the spawner's
+    heap). LITHOS_KNOT_SPAWN picks among the three, else spawn; fork only when
+    single-threaded (a fork copies one thread and the others' locks).
+    """
+    wanted = os.environ.get(SPAWN_ENV, "spawn")
+    if native_init is None or wanted == "exec":
+        return "exec"
+    if wanted == "fork":
+        return "fork" if len(os.listdir("/proc/self/task")) == 1 else "exec"
+    return "spawn"
+
+
 def fork_wanted(native_init: str | None) -> bool:
-    """Whether to fork the knot without exec: only with the native pid 1 (a Python
-    pid 1 would keep the spawner's heap), single-threaded (a fork copies one thread
-    and the others' locks), and unless LITHOS_KNOT_SPAWN=exec."""
-    if native_init is None or os.environ.get(SPAWN_ENV, "fork") == "exec":
-        return False
-    return len(os.listdir("/proc/self/task")) == 1
+    """Whether the knot starts without an exec'd interpreter (spawn or fork)."""
+    return spawn_mode(native_init) != "exec"
 
 
 AUTO = "auto"
@@ -231,7 +245,8 @@ def spawn_knot(spec: KnotSpec, *, inherited_fds: Mapping[int, int], stdin: int, 
     the spawner opened and SandboxLog.to_arg(); the knot's own lines go there.
     fork: True forks the knot without exec (it runs knot.main.run() in the child,
     then execs the native init: needs one); False execs `python3 -m
-    knot.lithos_knot`; None (default) decides with fork_wanted().
+    knot.lithos_knot`; None (default) decides with spawn_mode(): with a native
+    init, posix_spawn it and let it run the setup (knot.nativespawn).
     before_setup(pid) runs in the caller while the knot waits, before it execs or
     sets anything up (so before the service exists): to put it in its cgroup (T-51).
     If it raises, the knot is killed and reaped and the exception propagates.
@@ -245,13 +260,28 @@ def spawn_knot(spec: KnotSpec, *, inherited_fds: Mapping[int, int], stdin: int, 
         native_init = initbin.choose()
     init = None if native_init is None else os.fspath(native_init)
     if fork is None:
-        fork = fork_wanted(init)
+        mode = spawn_mode(init)
+        if mode == "spawn" and init is not None and not os.access(init, os.X_OK):
+            mode = "exec"  # that knot fails as it always did: `open native init: ...`, 78
     elif fork and init is None:
         raise ValueError(f"{spec.name}: a forked knot needs the native init")
+    else:
+        mode = "fork" if fork else "exec"
+    fork = mode == "fork"
     fds = {0: stdin, 1: stdout, 2: stderr, **inherited_fds}
     spec_no = max(fds) + 1  # the exec'd knot's spec; a forked one has the spec object
     log_no = spec_no + 1 if stdio_log is not None else None
     status_no = max(spec_no, log_no or 0) + 1 if status_fd is not None else None
+    if mode == "spawn" and init is not None:
+        if stdio_log is not None and log_no is not None:
+            fds[log_no] = stdio_log
+        if status_fd is not None and status_no is not None:
+            fds[status_no] = status_fd
+        slog = None if sandbox_log is None else (
+            sandbox_log[0], max(max(fds), spec_no) + 1, sandbox_log[1])
+        return nativespawn.spawn_native(spec, init, fds, log_no, status_no,
+                                        pdeathsig=pdeathsig, netns_fd=netns_fd,
+                                        sandbox_log=slog, before_setup=before_setup)
     spec_fd = own_pidns = pidfd = go_r = go_w = -1
     argv_area = _argv_area() if fork else (0, 0)
     try:

@@ -57,7 +57,7 @@ def test_from_spec_decides_everything_in_python() -> None:
 def test_encoding_is_nul_terminated_fields_in_order() -> None:
     data = initdesc.encode(initdesc.from_spec(SPEC, {"TERM": "dumb"}, 9))
     fields = data.split(b"\0")
-    assert fields[0] == b"lithos-init/1" and fields[1] == b"web/django.0"
+    assert fields[0] == b"lithos-init/2" and fields[1] == b"web/django.0"
     assert fields[-2:] == [b"end", b""]
 
 
@@ -112,7 +112,7 @@ def _replace_field(index: int, value: bytes) -> bytes:
 
 MALFORMED = {
     "empty": b"",
-    "wrong magic": b"lithos-init/2\0" + _good().split(b"\0", 1)[1],
+    "wrong magic": b"lithos-init/1\0" + _good().split(b"\0", 1)[1],
     "unterminated": _good()[:-1],
     "truncated": _good()[: len(_good()) // 2],
     "trailing bytes": _good() + b"x\0",
@@ -129,8 +129,10 @@ MALFORMED = {
     "bad output": _replace_field(15, b"syslog"),
     "file without path": _replace_field(15, b"file"),
     "list too long": _replace_field(10, b"70000"),
-    "bad sandbox log facility": _replace_field(-5, b"24"),
-    "bad sandbox log offset": _replace_field(-3, b"90000"),
+    # From the end: "", end, the ops count (0), unshare, netns, pidfd, pdeathsig, then
+    # the sandbox log's gmtoff, tag, facility.
+    "bad sandbox log facility": _replace_field(-10, b"24"),
+    "bad sandbox log offset": _replace_field(-8, b"90000"),
 }
 
 
