@@ -252,6 +252,7 @@ def _ops(r: _Reader) -> tuple[Op, ...]:
         if name not in ARGS:
             raise r.fail("op", "unknown op")
         label, key = r.text("op-label"), r.text("op-key")
+        args: tuple[str, ...]
         match name:
             case "mount":
                 args = (r.text("mount-source"), r.text("mount-target"), r.text("mount-fstype"),

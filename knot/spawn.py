@@ -277,11 +277,11 @@ def spawn_knot(spec: KnotSpec, *, inherited_fds: Mapping[int, int], stdin: int, 
             fds[log_no] = stdio_log
         if status_fd is not None and status_no is not None:
             fds[status_no] = status_fd
-        slog = None if sandbox_log is None else (
+        placed_log = None if sandbox_log is None else (
             sandbox_log[0], max(max(fds), spec_no) + 1, sandbox_log[1])
         return nativespawn.spawn_native(spec, init, fds, log_no, status_no,
                                         pdeathsig=pdeathsig, netns_fd=netns_fd,
-                                        sandbox_log=slog, before_setup=before_setup)
+                                        sandbox_log=placed_log, before_setup=before_setup)
     spec_fd = own_pidns = pidfd = go_r = go_w = -1
     argv_area = _argv_area() if fork else (0, 0)
     try:
