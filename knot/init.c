@@ -721,7 +721,17 @@ static void setup(void) {
     run_ops();
 }
 
+/* glibc's posix_spawn leaves its internal signals (32, 33) ignored in the child, and
+   signal() refuses them: set SIG_DFL with the raw syscall (an all-zero kernel sigaction
+   is SIG_DFL whatever the architecture's layout), so the service inherits nothing. */
+static void default_internal_signals(void) {
+    unsigned long zero[8] = { 0 };
+    for (int sig = 32; sig < SIGRTMIN; sig++)
+        syscall(SYS_rt_sigaction, sig, zero, NULL, 8);   /* the kernel's sigset: 64 bits */
+}
+
 int main(int argc, char **argv) {
+    default_internal_signals();
     /* K-40: blocked since the spawner; block again for a run by hand. */
     sigemptyset(&waited);
     sigaddset(&waited, SIGTERM);
