@@ -1,13 +1,18 @@
-/* lithos-init: the knot's pid-1 duties in C, exec'd by the Python knot after setup.
+/* lithos-init: the knot's pid-1 duties in C; spawned by knot/nativespawn.py, it also runs
+ * the container's setup (knot/plan.py's ops: setup() below); exec'd by a Python knot
+ * after its own setup, it has no ops to run.
  *
  * Why: a waiting Python knot keeps ~9 MB private per container; this keeps ~0.1 MB
  * (BENCHMARKS.md, "Native pid 1"). It does exactly what knot/service.py's supervise()
  * does, and nothing else: every decision (argv, environment, ids, fds, timeouts, the
- * quoted texts of the stdio-log lines) was made by the Python knot and arrives on an
+ * quoted texts of the stdio-log lines) was made in Python (knot.spawn or the knot) and arrives on an
  * inherited fd as a description (knot/initdesc.py owns its format):
  *
- *     lithos_knot --name NAME --init-fd N
+ *     lithos_knot --name NAME --init-fd N [--go-fd M]
  *
+ * With --go-fd, one byte ('g') is awaited there first: the spawner writes the
+ * description meanwhile (after its before_setup). The setup's failures are one line
+ * each, worded as knot.plan.execute words them, and exit 78.
  * The description is NUL-terminated fields in a fixed order, read fully and parsed
  * strictly before anything else; anything malformed is one line on stderr and exit 78.
  *

@@ -1,8 +1,11 @@
-"""The description the Python knot hands to the native pid 1 (knot/init.c).
+"""The description the spawner (or the Python knot) hands to the native pid 1 (knot/init.c).
 
-Owns its format: NUL-terminated fields in a fixed order (FIELDS below), integers
+Owns its format: NUL-terminated fields in a fixed order (encode() below), integers
 in decimal, each list as its length then its items, starting with the magic
-`lithos-init/1` and ending with `end`. Everything is decided here, in Python: the
+`lithos-init/2` and ending with `end`. After the service's fields come the setup's:
+pdeathsig, the spawner's pidfd, the netns fd, unshare, then knot.plan's ops, each
+`name label key args...` (plan.ARGS gives the count); all off and no ops when a
+Python knot did the setup and execs init.c afterwards. Everything is decided here, in Python: the
 quoted name and command for the stdio-log lines (protocol.stdiolog's quoting, so
 that both pid 1s write byte-identical lines), the environment, the id maps as the
 text written to /proc/PID/uid_map, the sandbox log's settings and syslog tag

@@ -1,12 +1,17 @@
 """spawn_knot: start one lithos_knot as pid 1 of new mount, pid, uts and ipc namespaces.
 
-Owns the fork (and exec) of a knot (used by the broker and by lithos_cmd); the
-caller stays its parent and reaper. With the native pid 1 the knot is forked
-without exec: the child forgets the caller (fds, signal handlers, wakeup fd),
-runs knot.main.run() and execs the native pid 1; it never returns into the
-caller's code (os._exit on every path). Otherwise (Python pid 1, a threaded
-caller, LITHOS_KNOT_SPAWN=exec) it execs `python3 -m knot.lithos_knot`.
-docs/knot.md, "Forked, not exec'd". Rules: the child gets exactly the fds it is given
+Owns how a knot is started (used by the broker and by lithos_cmd); the caller
+stays its parent and reaper. Three ways (spawn_mode(), LITHOS_KNOT_SPAWN):
+  * spawn (the default with the native pid 1): knot.nativespawn posix_spawns
+    knot/init.c, which runs the setup (knot.plan's ops) itself. docs/knot.md,
+    "Setup as data".
+  * fork: the knot is forked without exec: the child forgets the caller (fds,
+    signal handlers, wakeup fd), runs knot.main.run() and execs the native pid 1;
+    it never returns into the caller's code (os._exit on every path).
+    docs/knot.md, "Forked, not exec'd".
+  * exec (Python pid 1, LITHOS_KNOT_SPAWN=exec, or fork asked by a threaded
+    caller): the child execs `python3 -m knot.lithos_knot`.
+Rules: the child gets exactly the fds it is given
 (stdin/stdout/stderr, the tcp fds at their numbers, the spec and the stdio log),
 an environment of TERM only (T-50), SIGTERM/SIGINT/SIGCHLD blocked across exec
 (so a SIGTERM during the knot's setup stays pending instead of being dropped by
@@ -15,7 +20,7 @@ Which pid 1 the knot hands over to after setup (the native knot/init.c or its ow
 Python loop) is decided here, in the caller, by knot.initbin (docs/knot.md).
 
 How the child becomes pid 1 (measured on this machine: see the report):
-  * unshare(CLONE_NEWPID) in the caller, os.fork(), then setns() back to our own
+  * unshare(CLONE_NEWPID) in the caller, os.fork() (or posix_spawn), then setns() back to our own
     pid namespace. Only children created in between land in the new namespace,
     and the caller's own pid namespace never changes. The child is a normal
     os.fork() child (CPython's at-fork hooks run) whose parent is the caller, so

@@ -305,3 +305,28 @@ def test_python_and_c_executors_write_the_same_line(init_binary: Path,
     done = run_init(init_binary, initdesc.encode(desc))
     assert done.returncode == EXIT_SETUP_FAILED
     assert done.stderr == f"knot[web/django.0]: {lines[0]}\n"
+
+
+@st.composite
+def _ops(draw: st.DrawFn) -> tuple[Op, ...]:
+    names = draw(st.lists(st.sampled_from(sorted(plan.ARGS)), max_size=6))
+    ops = []
+    for i, name in enumerate(names):
+        args = [draw(text) for _ in range(plan.ARGS[name])]
+        if name in ("mount", "umount2"):
+            args[3 if name == "mount" else 1] = str(draw(st.integers(0, 2**32 - 1)))
+        elif name == "check":
+            args[1] = draw(st.sampled_from(plan.CHECKS))
+            args[3] = str(draw(st.integers(0, len(names) - i - 1)))
+        elif name == "rlimit":
+            args[0] = str(draw(st.integers(0, 2**62)))
+        ops.append(Op(name, draw(text), draw(text), tuple(args)))
+    return tuple(ops)
+
+
+@settings(max_examples=60, deadline=None)
+@given(ops=_ops(), pdeathsig=st.booleans(), pidfd=st.integers(-1, 1000))
+def test_setup_round_trip_of_any_plan(ops: tuple[Op, ...], pdeathsig: bool,
+                                      pidfd: int) -> None:
+    d = _with_setup(ops, pdeathsig=pdeathsig, parent_pidfd=pidfd)
+    assert initdesc.decode(initdesc.encode(d)) == d
