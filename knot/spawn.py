@@ -209,8 +209,12 @@ def spawn_mode(native_init: str | None) -> str:
     if native_init is None or wanted == "exec":
         return "exec"
     if wanted == "fork":
-        return "fork" if len(os.listdir("/proc/self/task")) == 1 else "exec"
+        return "fork" if _single_threaded() else "exec"
     return "spawn"
+
+
+def _single_threaded() -> bool:
+    return len(os.listdir("/proc/self/task")) == 1
 
 
 def fork_wanted(native_init: str | None) -> bool:
@@ -268,6 +272,10 @@ def spawn_knot(spec: KnotSpec, *, inherited_fds: Mapping[int, int], stdin: int, 
         mode = spawn_mode(init)
         if mode == "spawn" and init is not None and not os.access(init, os.X_OK):
             mode = "exec"  # that knot fails as it always did: `open native init: ...`, 78
+        if mode == "spawn" and spec.secrets is not None:
+            # The plaintext must never be in the spawner's memory (issue 11,
+            # tests/security/test_secrets.py): a forked knot decrypts in its own.
+            mode = "fork" if _single_threaded() else "exec"
     elif fork and init is None:
         raise ValueError(f"{spec.name}: a forked knot needs the native init")
     else:
