@@ -227,11 +227,12 @@ class Crun(Contender):
 
 
 class LithosKnot(Contender):
-    """knot.spawn.spawn_knot as the broker calls it (lithos's default): the knot is
-    forked without exec from the caller (here the harness, which has imported
-    knot.spawn as the broker has), runs the setup in Python, then execs the native
+    """knot.spawn.spawn_knot as the broker calls it (lithos's default): the native
     pid 1 (knot/init.c, built by knot.initbin into the run's temp dir in prepare(),
-    outside every timed region), which forks the service.
+    outside every timed region) is started with posix_spawn straight into the new
+    pid namespace by the caller (here the harness, which has imported knot.spawn as
+    the broker has), which did the host-side setup and built the rest as ops
+    (knot.plan); init.c runs them, then forks the service.
 
     It also does what every lithos container gets: /dev (devfs dir + devpts),
     /sys, a state dir; resolv.conf and hosts are not generated here.
@@ -314,6 +315,15 @@ class LithosKnot(Contender):
         return self._spawn(self._spec(True, restart=True))
 
 
+class LithosForked(LithosKnot):
+    """The knot forked without exec from the caller, the setup run in Python in the
+    child, then the native pid 1 exec'd: lithos's default before posix_spawn, and
+    still its way with LITHOS_KNOT_SPAWN=fork."""
+
+    name = "lithos fork"
+    fork = True
+
+
 class LithosExec(LithosKnot):
     """The knot exec'd (`python3 -m knot.lithos_knot`: an interpreter start and the
     knot's imports), which then execs the native pid 1: lithos's default before the
@@ -355,5 +365,5 @@ class LithosKnotNoSite(LithosPython):
             knot.spawn.knot_argv = plain
 
 
-ALL: tuple[type[Contender], ...] = (CFloor, LithosKnot, LithosExec, LithosPython,
-                                    LithosKnotNoSite, Unshare, Bwrap, Crun)
+ALL: tuple[type[Contender], ...] = (CFloor, LithosKnot, LithosForked, LithosExec,
+                                    LithosPython, LithosKnotNoSite, Unshare, Bwrap, Crun)

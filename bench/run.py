@@ -4,8 +4,8 @@ Usage (as root): python3 -m bench.run [--quick] [--only spawn,many,memory,restar
                  [--only tree1000,idle,recovery,reexec] [--big-n 1000] [--idle-s 60]
                  [--ops-samples 3]
                  [--n 100] [--samples 50] [--install-peers] [--no-nice]
-                 [--contenders floor,lithos,lithos-exec,lithos-python,lithos-S,lithos-fork,tree,
-                               unshare,bwrap,crun,supervisord]
+                 [--contenders floor,lithos,lithos-fork,lithos-exec,lithos-python,lithos-S,
+                               lithos-zygote,tree,unshare,bwrap,crun,supervisord]
 Prints the machine, then one table per measurement with the median, p90 and the
 ratio to the C floor measured in the same run. A contender that is missing (no
 bwrap, no knot.spawn on this branch) is named and skipped. --install-peers
@@ -34,8 +34,8 @@ DEFAULT_MEASUREMENTS = ("spawn", "many", "memory", "restart")
 MEASUREMENTS = (*DEFAULT_MEASUREMENTS, *big.BIG)
 KEYS = {"floor": "C floor", "lithos": "lithos", "lithos-exec": "lithos exec",
         "lithos-python": "lithos python", "lithos-S": "lithos -S",
-        "lithos-fork": "lithos fork", "tree": "lithos tree", "unshare": "unshare",
-        "bwrap": "bwrap", "crun": "crun", "supervisord": "supervisord"}
+        "lithos-fork": "lithos fork", "lithos-zygote": "lithos zygote", "tree": "lithos tree",
+        "unshare": "unshare", "bwrap": "bwrap", "crun": "crun", "supervisord": "supervisord"}
 CRUN_MANY_MAX = 100  # crun is slow to start in bulk; larger N only for the others
 
 
@@ -164,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"- work dir: {env.tmp} (removed at exit)")
     contenders: list[Contender] = []
     try:
-        for cls in (*ALL[:5], *_zygote(), LithosTree, *ALL[5:], Supervisord):
+        for cls in (*ALL[:6], *_zygote(), LithosTree, *ALL[6:], Supervisord):
             c = cls(env)
             if c.name not in wanted:
                 continue
@@ -224,7 +224,8 @@ RESTART_NOTES = {"C floor": "pid 1 is a C loop: fork, exec, wait, again",
                  "lithos exec": "native pid 1 restart-process-only, restart-timeout 0",
                  "lithos python": "knot restart-process-only, restart-timeout 0",
                  "lithos -S": "knot restart-process-only, restart-timeout 0",
-                 "lithos fork": "knot restart-process-only, restart-timeout 0",
+                 "lithos fork": "native pid 1 restart-process-only, restart-timeout 0",
+                 "lithos zygote": "knot restart-process-only, restart-timeout 0",
                  "lithos tree": "whole container: knot exits, broker reaps, supervisor "
                                 "restarts (restart-timeout 0)"}
 

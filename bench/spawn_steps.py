@@ -1,14 +1,20 @@
-"""python3 -m bench.spawn_steps: where the time of one forked knot's start goes.
+"""python3 -m bench.spawn_steps: where the time of one knot's start goes.
 
-Usage (as root): python3 -m bench.spawn_steps [--samples 30]
-Starts the `lithos` contender's container (knot.spawn.spawn_knot, forked knot,
-native pid 1) `samples` times, one at a time, with knot.spawn's and knot.main's
-steps wrapped to take time.perf_counter_ns() (CLOCK_MONOTONIC, the same in every
-process) after each; the forked child writes its stamps to its stderr just before
-it execs the native pid 1. Prints the median of each phase, from the start
-request to the payload's first instruction, and the child's minor page faults
-(mostly copy-on-write of the caller's pages) from fork to exec. The wrapping itself adds about a
+Usage (as root): python3 -m bench.spawn_steps [--samples 30] [--mode spawn|fork]
+Starts a container through knot.spawn.spawn_knot `samples` times, one at a time,
+with its steps wrapped to take time.perf_counter_ns() (CLOCK_MONOTONIC, the same
+in every process) after each. Prints the median of each phase, from the start
+request to the payload's first instruction. The wrapping itself adds about a
 microsecond per step. A measuring tool for BENCHMARKS.md, not a contender.
+
+--mode spawn (the default, contender `lithos`): the caller's steps
+(knot.nativespawn: posix_spawn of the native init, knot.plan.build, the
+description and the go byte); the rest (init.c's setup ops, its fork and the
+service's exec) is one phase, seen from the payload's first instruction.
+--mode fork (contender `lithos fork`, LITHOS_KNOT_SPAWN=fork): the forked child
+writes its stamps to its stderr just before it execs the native pid 1; also
+prints the child's minor page faults (mostly copy-on-write of the caller's
+pages) from fork to exec.
 """
 
 from __future__ import annotations
@@ -22,25 +28,56 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from bench.contenders import LithosKnot
+from bench.contenders import LithosForked, LithosKnot
 from bench.env import BenchEnv
 
 TAG = b"spawn-steps:"
 
 
+def _stamped(stamps: list[tuple[str, int]], label: str,
+             fn: Callable[..., Any]) -> Callable[..., Any]:
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        result = fn(*args, **kwargs)
+        stamps.append((label, time.perf_counter_ns()))
+        return result
+    return wrapper
+
+
+def _instrument_spawn(stamps: list[tuple[str, int]]) -> None:
+    """Wraps knot.nativespawn's steps, all in the caller."""
+    import knot.nativespawn as kn
+
+    kn.os = _OsProxy(stamps)  # type: ignore[assignment]
+    kn.plan.build = _stamped(stamps, "plan.build (host side: state dir...)", kn.plan.build)
+    kn.initdesc.encode = _stamped(stamps, "description encoded", kn.initdesc.encode)
+
+
+class _OsProxy:
+    """knot.nativespawn's `os`, with posix_spawn and the go byte's write stamped."""
+
+    def __init__(self, stamps: list[tuple[str, int]]) -> None:
+        self.stamps = stamps
+        self.posix_spawn = _stamped(stamps, "posix_spawn returned (init exec'd)", os.posix_spawn)
+
+    def write(self, fd: int, data: bytes) -> int:
+        n = os.write(fd, data)
+        if data == b"g":
+            self.stamps.append(("description written, go byte sent", time.perf_counter_ns()))
+        return n
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(os, name)
+
+
 def _instrument(stamps: list[tuple[str, int]]) -> None:
-    """Wraps the knot's steps (module attributes, so the forked child runs the wrappers)."""
+    """Wraps the forked knot's steps (module attributes, so the forked child runs them)."""
     import knot.main as km
     import knot.spawn as ks
 
     faults: list[int] = []  # the child's minor faults (copy-on-write) at its start
 
     def stamped(label: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            result = fn(*args, **kwargs)
-            stamps.append((label, time.perf_counter_ns()))
-            return result
-        return wrapper
+        return _stamped(stamps, label, fn)
 
     forked_child = ks._forked_child
 
@@ -54,18 +91,12 @@ def _instrument(stamps: list[tuple[str, int]]) -> None:
     ks._show_as_knot = stamped("signals, name, cmdline", ks._show_as_knot)
     ks._wait_go = stamped("unshare mnt/uts/ipc", ks._wait_go)
     ks._place_fds = stamped("fds placed (close_range)", ks._place_fds)
-    plain_step = km.step
-
-    def step(spec: Any, label: str, key: str, fn: Callable[..., Any], *args: Any) -> Any:
-        result = plain_step(spec, label, key, fn, *args)
-        stamps.append((label, time.perf_counter_ns()))
-        return result
-
-    km.step = step
+    km.step = _stamped(stamps, "open native init", km.step)
+    km.plan.build = _stamped(stamps, "plan.build (host side: state dir...)", km.plan.build)
+    km.plan.execute = _stamped(stamps, "plan.execute (mounts, pivot_root)", km.plan.execute)
     exec_init = km.exec_native_init
 
     def exec_native_init(*args: Any) -> str:
-        stamps.append(("environ, secrets", time.perf_counter_ns()))
         minflt = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults[-1]
         line = TAG + b" ".join(f"{label.replace(' ', '_')}={ns}".encode()
                                for label, ns in stamps) + f" minflt={minflt}\n".encode()
@@ -75,45 +106,63 @@ def _instrument(stamps: list[tuple[str, int]]) -> None:
     km.exec_native_init = exec_native_init
 
 
+def _child_marks(errlog: Any, size: int, faults: list[int]) -> list[tuple[str, int]]:
+    """The forked child's stamps from its stderr line (and its page faults)."""
+    with open(errlog, "rb") as f:
+        f.seek(size)
+        line = next(ln for ln in f.read().splitlines() if ln.startswith(TAG))
+    marks = []
+    for item in line[len(TAG):].split():
+        label, _, ns = item.decode().partition("=")
+        if label == "minflt":
+            faults.append(int(ns))
+            continue
+        marks.append((label.replace("_", " "), int(ns)))
+    return marks
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python3 -m bench.spawn_steps")
     p.add_argument("--samples", type=int, default=30)
+    p.add_argument("--mode", choices=("spawn", "fork"), default="spawn")
     args = p.parse_args(argv)
+    spawned = args.mode == "spawn"
     if os.geteuid() != 0:
         print("bench.spawn_steps: run as root", file=sys.stderr)
         return 1
     os.setpriority(os.PRIO_PROCESS, 0, -20)
     env = BenchEnv()
     try:
-        c = LithosKnot(env)
+        c = LithosKnot(env) if spawned else LithosForked(env)
         why = c.missing()
         if why:
             print(f"bench.spawn_steps: {why}", file=sys.stderr)
             return 1
         c.prepare()
         stamps: list[tuple[str, int]] = []
-        _instrument(stamps)
+        if spawned:
+            _instrument_spawn(stamps)
+        else:
+            _instrument(stamps)
         phases: dict[str, list[float]] = {}
         faults: list[int] = []
         order: list[str] = []
         for _ in range(args.samples + 2):
             size = env.errlog_path.stat().st_size
+            stamps.clear()
             t0 = time.perf_counter_ns()
             c.start_one(hold=False)
             t_back = time.perf_counter_ns()
             t_ready = env.wait_ready(1, 20.0)
             env.reap_all(20.0)
-            with open(env.errlog_path, "rb") as f:
-                f.seek(size)
-                line = next(ln for ln in f.read().splitlines() if ln.startswith(TAG))
             marks = [("start request", t0)]
-            for item in line[len(TAG):].split():
-                label, _, ns = item.decode().partition("=")
-                if label == "minflt":
-                    faults.append(int(ns))
-                    continue
-                marks.append((label.replace("_", " "), int(ns)))
-            marks.append(("native pid 1 exec'd .. payload's first instruction", t_ready))
+            if spawned:
+                marks += stamps
+                marks.append(("init.c: setup ops, fork, service exec .. payload's first "
+                              "instruction", t_ready))
+            else:
+                marks += _child_marks(env.errlog_path, size, faults)
+                marks.append(("native pid 1 exec'd .. payload's first instruction", t_ready))
             for (_, a), (label, b) in zip(marks, marks[1:], strict=False):
                 if label not in phases:
                     order.append(label)
@@ -126,8 +175,9 @@ def main(argv: list[str] | None = None) -> int:
         for label in [*order, "(spawn_knot returned in the caller)", "total"]:
             values = phases[label][2:]  # two warm-up runs
             print(f"| {label} | {statistics.median(values):.3f} |")
-        print(f"\nminor page faults in the child, fork to exec (median): "
-              f"{statistics.median(faults[2:]):.0f}")
+        if faults:
+            print(f"\nminor page faults in the child, fork to exec (median): "
+                  f"{statistics.median(faults[2:]):.0f}")
     finally:
         env.kill_all()
         env.close()

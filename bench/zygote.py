@@ -8,8 +8,8 @@ that: the harness itself is the zygote (it has imported knot.main); the child
 does what knot.spawn's child does (unshare, fds at their numbers) and then calls
 knot.main.main() instead of exec'ing python. Nothing of the knot's code changes;
 it uses knot.spawn's private helpers (_spec_memfd, _place_fds), so it may need
-updating when they change. lithos now forks its knots (contender `lithos`), but
-they exec the native pid 1 after setup; this one stays a Python pid 1.
+updating when they change. lithos's forked knots (contender `lithos fork`) exec
+the native pid 1 after setup; this one stays a Python pid 1.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ _BLOCKED = (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD)
 class LithosZygote(LithosKnot):
     """The knot forked (no exec) from the pre-imported harness."""
 
-    name = "lithos fork"
+    name = "lithos zygote"
     native = False  # the what-if as first measured: the forked knot stays pid 1 in Python
 
     def _spawn(self, spec: KnotSpec) -> int:

@@ -1,13 +1,18 @@
-/* lithos-init: the knot's pid-1 duties in C, exec'd by the Python knot after setup.
+/* lithos-init: the knot's pid-1 duties in C; spawned by knot/nativespawn.py, it also runs
+ * the container's setup (knot/plan.py's ops: setup() below); exec'd by a Python knot
+ * after its own setup, it has no ops to run.
  *
  * Why: a waiting Python knot keeps ~9 MB private per container; this keeps ~0.1 MB
  * (BENCHMARKS.md, "Native pid 1"). It does exactly what knot/service.py's supervise()
  * does, and nothing else: every decision (argv, environment, ids, fds, timeouts, the
- * quoted texts of the stdio-log lines) was made by the Python knot and arrives on an
+ * quoted texts of the stdio-log lines) was made in Python (knot.spawn or the knot) and arrives on an
  * inherited fd as a description (knot/initdesc.py owns its format):
  *
- *     lithos_knot --name NAME --init-fd N
+ *     lithos_knot --name NAME --init-fd N [--go-fd M]
  *
+ * With --go-fd, one byte ('g') is awaited there first: the spawner writes the
+ * description meanwhile (after its before_setup). The setup's failures are one line
+ * each, worded as knot.plan.execute words them, and exit 78.
  * The description is NUL-terminated fields in a fixed order, read fully and parsed
  * strictly before anything else; anything malformed is one line on stderr and exit 78.
  *
@@ -27,7 +32,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
+#include <sys/mount.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <linux/capability.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -36,9 +44,20 @@
 #include <unistd.h>
 
 enum { EXIT_NORMAL = 0, EXIT_ABNORMAL = 2, EXIT_KILL_TIMEOUT = 3, EXIT_SETUP_FAILED = 78 };
-#define MAGIC "lithos-init/1"
+#define MAGIC "lithos-init/2"
 #define MAX_DESC (16 << 20)   /* bytes */
 #define MAX_LIST 65536        /* items in one list */
+
+/* One setup op (knot/plan.py): kind, the step's label and config key, its arguments. */
+enum op_kind { OP_FAIL, OP_MOUNT, OP_STAT, OP_CHECK, OP_CHDIR, OP_PIVOT, OP_UMOUNT, OP_RLIMIT };
+static const char *const op_names[] = { "fail", "mount", "stat", "check", "chdir",
+                                        "pivot_root", "umount2", "rlimit" };
+struct op {
+    int kind;
+    char *label, *key;
+    char *a[5];          /* the string arguments, in knot.plan.ARGS's order */
+    long long n;         /* mount/umount2: flags; check: skip; rlimit: the limit */
+};
 
 /* The description, as knot/initdesc.py encodes it (same order). */
 struct desc {
@@ -64,6 +83,8 @@ struct desc {
     int slog_facility;                    /* -1: `[ts][LEVEL] msg` lines; else syslog */
     char *slog_tag;                       /* syslog: "<ident>[<host pid>]" */
     long long slog_gmtoff;                /* syslog: seconds east of UTC */
+    int pdeathsig, parent_pidfd, netns_fd, unshare;   /* the setup (knot.spawn) */
+    int nops; struct op *ops;
 };
 
 static struct desc d;
@@ -118,6 +139,54 @@ static int *next_ints(const char *field, int *n, long long lo, long long hi) {
     if (!items) bad("out of memory", field);
     for (int i = 0; i < *n; i++) items[i] = (int)next_int(field, lo, hi);
     return items;
+}
+
+/* knot/initdesc.py's _ops(), check for check. */
+static void read_ops(void) {
+    d.nops = (int)next_int("ops", 0, MAX_LIST);
+    d.ops = calloc((size_t)d.nops + 1, sizeof *d.ops);
+    if (!d.ops) bad("out of memory", "ops");
+    for (int i = 0; i < d.nops; i++) {
+        struct op *op = &d.ops[i];
+        char *name = next_str("op");
+        op->kind = -1;
+        for (int k = 0; k < (int)(sizeof op_names / sizeof *op_names); k++)
+            if (!strcmp(name, op_names[k])) op->kind = k;
+        if (op->kind < 0) bad("unknown op", "op");
+        op->label = next_str("op-label");
+        op->key = next_str("op-key");
+        switch (op->kind) {
+        case OP_MOUNT:
+            op->a[0] = next_str("mount-source");
+            op->a[1] = next_str("mount-target");
+            op->a[2] = next_str("mount-fstype");
+            op->n = next_int("mount-flags", 0, 0xFFFFFFFFLL);
+            op->a[4] = next_str("mount-data");
+            break;
+        case OP_CHECK:
+            op->a[0] = next_str("check-path");
+            op->a[1] = next_str("check-how");
+            if (strcmp(op->a[1], "dir") && strcmp(op->a[1], "reg") && strcmp(op->a[1], "isdir"))
+                bad("not dir, reg or isdir", "check-how");
+            op->a[2] = next_str("check-detail");
+            op->n = next_int("check-skip", 0, d.nops - i - 1);
+            break;
+        case OP_UMOUNT:
+            op->a[0] = next_str("umount2-target");
+            op->n = next_int("umount2-flags", 0, 0xFFFFFFFFLL);
+            break;
+        case OP_RLIMIT:
+            op->n = next_int("rlimit", 0, 1LL << 62);
+            break;
+        case OP_PIVOT:
+            op->a[0] = next_str("pivot_root-arg");
+            op->a[1] = next_str("pivot_root-arg");
+            break;
+        case OP_FAIL: op->a[0] = next_str("fail-arg"); break;
+        case OP_STAT: op->a[0] = next_str("stat-arg"); break;
+        case OP_CHDIR: op->a[0] = next_str("chdir-arg"); break;
+        }
+    }
 }
 
 static void read_desc(int fd) {
@@ -177,6 +246,11 @@ static void read_desc(int fd) {
     d.slog_facility = (int)next_int("sandbox-log-facility", -1, 23);
     d.slog_tag = next_str("sandbox-log-tag");
     d.slog_gmtoff = next_int("sandbox-log-gmtoff", -86400, 86400);
+    d.pdeathsig = (int)next_int("pdeathsig", 0, 1);
+    d.parent_pidfd = (int)next_int("parent-pidfd", -1, INT_MAX);
+    d.netns_fd = (int)next_int("netns-fd", -1, INT_MAX);
+    d.unshare = (int)next_int("unshare", 0, 1);
+    read_ops();
     if (strcmp(next_str("end"), "end") != 0) bad("not end", "end");
     if (cur != end) bad("trailing bytes", "end");
     if (d.nargv < 1) bad("empty", "argv");
@@ -307,11 +381,13 @@ static void child_fail(int report_fd, enum step step) {
     _exit(127);
 }
 
-/* Closes every fd but 0-2, the tcp fds and the report pipe (close_range over the gaps:
-   fds above a lowered RLIMIT_NOFILE too). */
-static void close_all_but(int report_fd) {
-    int kept[MAX_LIST + 4], n = 0;
-    kept[n++] = 0; kept[n++] = 1; kept[n++] = 2; kept[n++] = report_fd;
+/* Closes every fd but 0-2, the tcp fds and `extra` (-1: none) (close_range over the
+   gaps: fds above a lowered RLIMIT_NOFILE too). */
+static void close_all_but(const int *extra, int nextra) {
+    int kept[MAX_LIST + 8], n = 0;
+    kept[n++] = 0; kept[n++] = 1; kept[n++] = 2;
+    for (int i = 0; i < nextra; i++)
+        if (extra[i] >= 0) kept[n++] = extra[i];
     for (int i = 0; i < d.nfds; i++) kept[n++] = d.fds[i];
     for (int i = 1; i < n; i++)   /* insertion sort: a handful of fds */
         for (int j = i; j > 0 && kept[j - 1] > kept[j]; j--) {
@@ -347,7 +423,7 @@ static void exec_service(int out_fd, int report_fd) {
     for (int sig = 1; sig < NSIG; sig++) signal(sig, SIG_DFL);   /* errors: not settable */
     if (out_fd >= 0 && (dup2(out_fd, 1) < 0 || dup2(out_fd, 2) < 0))
         child_fail(report_fd, PREPARE);
-    close_all_but(report_fd);
+    close_all_but(&report_fd, 1);
     for (int i = 0; i < d.nfds; i++) fcntl(d.fds[i], F_SETFD, 0);   /* inheritable */
     /* V-15, V-17: the pid variables, replaced in place or appended (as a dict does). */
     char **env = calloc((size_t)(d.nenv + d.npidvars + 1), sizeof *env);
@@ -553,7 +629,114 @@ static int supervise(void) {
     }
 }
 
+/* An fd number argument; exits with the usage line if it is not one. */
+static int fd_arg(const char *text) {
+    const char *p = text;
+    int fd = 0;
+    for (; *p >= '0' && *p <= '9' && fd < 1 << 20; p++) fd = fd * 10 + (*p - '0');
+    if (*p || p == text) {
+        dprintf(2, "knot[%s]: usage: --init-fd and --go-fd take fd numbers\n", knot_name);
+        _exit(EXIT_SETUP_FAILED);
+    }
+    return fd;
+}
+
+/* ---- the setup (knot/plan.py's ops), when the spawner started us directly ---- */
+
+/* The step's one line (plan.error_line), then exit 78. */
+static void step_fail(const struct op *op, const char *detail) __attribute__((noreturn));
+static void step_fail(const struct op *op, const char *detail) {
+    if (op->key[0]) fail("%s: %s (%s in %s)", op->label, detail, op->key, d.container_config);
+    fail("%s: %s", op->label, detail);
+}
+
+/* plan.os_detail: `<path>: ENOENT (No such file or directory)`; path NULL: no path. */
+static void step_errno(const struct op *op, const char *path) __attribute__((noreturn));
+static void step_errno(const struct op *op, const char *path) {
+    int err = errno;
+    char detail[PATH_MAX + 256];
+    if (path) snprintf(detail, sizeof detail, "%s: %s (%s)", path, ERR(err));
+    else snprintf(detail, sizeof detail, "%s (%s)", ERR(err));
+    step_fail(op, detail);
+}
+
+static const char *or_null(const char *s) { return s[0] ? s : NULL; }
+
+/* plan.execute, op for op. */
+static void run_ops(void) {
+    for (int i = 0; i < d.nops; i++) {
+        const struct op *op = &d.ops[i];
+        struct stat st;
+        switch (op->kind) {
+        case OP_FAIL: step_fail(op, op->a[0]);
+        case OP_MOUNT:
+            if (mount(or_null(op->a[0]), op->a[1], or_null(op->a[2]), (unsigned long)op->n,
+                      or_null(op->a[4])) != 0) step_errno(op, op->a[1]);
+            break;
+        case OP_STAT:
+            if (stat(op->a[0], &st) != 0) step_errno(op, op->a[0]);
+            break;
+        case OP_CHECK: {
+            int ok;
+            if (!strcmp(op->a[1], "isdir")) ok = stat(op->a[0], &st) == 0 && S_ISDIR(st.st_mode);
+            else if (lstat(op->a[0], &st) == 0)
+                ok = op->a[1][0] == 'd' ? S_ISDIR(st.st_mode) : S_ISREG(st.st_mode);
+            else if (errno == ENOENT) ok = 0;
+            else step_errno(op, op->a[0]);
+            if (!ok && op->a[2][0]) step_fail(op, op->a[2]);
+            if (!ok) i += (int)op->n;
+            break;
+        }
+        case OP_CHDIR:
+            if (chdir(op->a[0]) != 0) step_errno(op, op->a[0]);
+            break;
+        case OP_PIVOT:
+            if (syscall(SYS_pivot_root, op->a[0], op->a[1]) != 0) step_errno(op, op->a[0]);
+            break;
+        case OP_UMOUNT:
+            if (umount2(op->a[0], (int)op->n) != 0) step_errno(op, op->a[0]);
+            break;
+        case OP_RLIMIT: {
+            struct rlimit rl = { (rlim_t)op->n, (rlim_t)op->n };
+            if (setrlimit(RLIMIT_NOFILE, &rl) != 0) step_errno(op, NULL);
+            break;
+        }
+        }
+    }
+}
+
+/* What the forked knot did in knot/spawn.py before its setup, then the ops: death with
+   the spawner (T-52), the bridged netns (K-30), new mount/uts/ipc namespaces, only our
+   fds (the spawner's are gone once the ops run). */
+static void setup(void) {
+    if (d.pdeathsig) {
+        if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0) fail("spawn: prctl: %s (%s)", ERR(errno));
+        struct pollfd p = { d.parent_pidfd, POLLIN, 0 };   /* did it die before the prctl? */
+        if (d.parent_pidfd >= 0 && poll(&p, 1, 0) != 0) _exit(EXIT_SETUP_FAILED);
+    }
+    if (d.parent_pidfd >= 0) close(d.parent_pidfd);
+    if (d.netns_fd >= 0) {
+        if (setns(d.netns_fd, CLONE_NEWNET) != 0) fail("spawn: setns: %s (%s)", ERR(errno));
+        close(d.netns_fd);
+    }
+    if (d.unshare && unshare(CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC) != 0)
+        fail("spawn: unshare: %s (%s)", ERR(errno));
+    int kept[3] = { d.log_fd, d.status_fd, d.slog_fd };
+    close_all_but(kept, 3);
+    run_ops();
+}
+
+/* glibc's posix_spawn leaves its internal signals (32, 33) ignored in the child, and
+   signal() refuses them: set SIG_DFL with the raw syscall (an all-zero kernel sigaction
+   is SIG_DFL whatever the architecture's layout), so the service inherits nothing. */
+static void default_internal_signals(void) {
+    unsigned long zero[8] = { 0 };
+    for (int sig = 32; sig < SIGRTMIN; sig++)
+        syscall(SYS_rt_sigaction, sig, zero, NULL, 8);   /* the kernel's sigset: 64 bits */
+}
+
 int main(int argc, char **argv) {
+    default_internal_signals();
     /* K-40: blocked since the spawner; block again for a run by hand. */
     sigemptyset(&waited);
     sigaddset(&waited, SIGTERM);
@@ -561,21 +744,24 @@ int main(int argc, char **argv) {
     sigaddset(&waited, SIGCHLD);
     sigprocmask(SIG_BLOCK, &waited, NULL);
     prctl(PR_SET_NAME, "lithos_knot");   /* fexecve would name us "3" in ps */
-    if (argc != 5 || strcmp(argv[1], "--name") || strcmp(argv[3], "--init-fd")) {
-        dprintf(2, "knot[?]: usage: lithos_knot --name NAME --init-fd N\n");
+    if ((argc != 5 && argc != 7) || strcmp(argv[1], "--name") || strcmp(argv[3], "--init-fd")
+        || (argc == 7 && strcmp(argv[5], "--go-fd"))) {
+        dprintf(2, "knot[?]: usage: lithos_knot --name NAME --init-fd N [--go-fd N]\n");
         return EXIT_SETUP_FAILED;
     }
     knot_name = argv[2];
-    char *p = argv[4];
-    int fd = 0;
-    for (; *p >= '0' && *p <= '9' && fd < 1 << 20; p++) fd = fd * 10 + (*p - '0');
-    if (*p || p == argv[4]) {
-        dprintf(2, "knot[%s]: usage: --init-fd takes an fd number\n", knot_name);
-        return EXIT_SETUP_FAILED;
+    int fd = fd_arg(argv[4]), go_fd = argc == 7 ? fd_arg(argv[6]) : -1;
+    if (go_fd >= 0) {   /* the spawner's before_setup, then the description is written */
+        char go = 0;
+        ssize_t n;
+        while ((n = read(go_fd, &go, 1)) < 0 && errno == EINTR) {}
+        if (n != 1 || go != 'g') _exit(EXIT_SETUP_FAILED);   /* EOF: the spawner gave up */
+        close(go_fd);
     }
     read_desc(fd);
     if (strcmp(d.name, argv[2]) != 0)
         bad("does not match --name", "name");
+    setup();
     if (d.log_fd >= 0) fcntl(d.log_fd, F_SETFD, FD_CLOEXEC);   /* never the service's */
     if (d.status_fd >= 0) fcntl(d.status_fd, F_SETFD, FD_CLOEXEC);
     if (d.slog_fd >= 0) fcntl(d.slog_fd, F_SETFD, FD_CLOEXEC);

@@ -1,8 +1,11 @@
-"""The description the Python knot hands to the native pid 1 (knot/init.c).
+"""The description the spawner (or the Python knot) hands to the native pid 1 (knot/init.c).
 
-Owns its format: NUL-terminated fields in a fixed order (FIELDS below), integers
+Owns its format: NUL-terminated fields in a fixed order (encode() below), integers
 in decimal, each list as its length then its items, starting with the magic
-`lithos-init/1` and ending with `end`. Everything is decided here, in Python: the
+`lithos-init/2` and ending with `end`. After the service's fields come the setup's:
+pdeathsig, the spawner's pidfd, the netns fd, unshare, then knot.plan's ops, each
+`name label key args...` (plan.ARGS gives the count); all off and no ops when a
+Python knot did the setup and execs init.c afterwards. Everything is decided here, in Python: the
 quoted name and command for the stdio-log lines (protocol.stdiolog's quoting, so
 that both pid 1s write byte-identical lines), the environment, the id maps as the
 text written to /proc/PID/uid_map, the sandbox log's settings and syslog tag
@@ -18,11 +21,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from knot.plan import ARGS, CHECKS, Op
 from knot.spec import IdMap, Kind, KnotSpec
 from protocol.sandboxlog import Writer
 from protocol.stdiolog import command_text, rust_quote, seconds_text
 
-MAGIC = "lithos-init/1"
+MAGIC = "lithos-init/2"
 MAX_LIST = 65536
 MAX_NS = 86400 * 10**9
 
@@ -64,6 +68,13 @@ class InitDescription:
     sandbox_log_facility: int = -1  # -1: the file format; else syslog datagrams
     sandbox_log_tag: str = ""     # syslog: "<ident>[<host pid>]"
     sandbox_log_gmtoff: int = 0   # syslog: seconds east of UTC for the time stamp
+    # The setup, for a knot spawned straight into init.c (knot.spawn); all off when
+    # a Python knot did the setup and execs init.c afterwards.
+    pdeathsig: bool = False       # PR_SET_PDEATHSIG=SIGKILL, then is the parent alive?
+    parent_pidfd: int = -1        # the spawner's pidfd, polled after the prctl
+    netns_fd: int = -1            # bridged (K-30): setns to it first
+    unshare: bool = False         # unshare mount, uts and ipc namespaces
+    ops: tuple[Op, ...] = ()      # knot.plan's ops, run before the service starts
 
 
 def _map_text(entries: tuple[IdMap, ...]) -> str:
@@ -71,8 +82,11 @@ def _map_text(entries: tuple[IdMap, ...]) -> str:
 
 
 def from_spec(spec: KnotSpec, environ: Mapping[str, str], log_fd: int | None,
-              status_fd: int | None = None, slog: Writer | None = None) -> InitDescription:
-    """What supervise(spec, environ, log_fd, status_fd, slog) would do, as data for init.c."""
+              status_fd: int | None = None, slog: Writer | None = None, *,
+              pdeathsig: bool = False, parent_pidfd: int = -1, netns_fd: int = -1,
+              unshare: bool = False, ops: tuple[Op, ...] = ()) -> InitDescription:
+    """What supervise(spec, environ, log_fd, status_fd, slog) would do, as data for init.c;
+    with the setup (the keyword arguments) when init.c is to do it too."""
     if spec.interactive:
         output, output_file = "inherit", ""
     elif spec.stdout_stderr_file is not None:
@@ -101,7 +115,9 @@ def from_spec(spec: KnotSpec, environ: Mapping[str, str], log_fd: int | None,
         sandbox_log_facility=-1 if slog is None or slog.log.facility is None
         else slog.log.facility,
         sandbox_log_tag=f"{slog.log.ident}[{slog.pid}]" if slog and slog.log.syslog else "",
-        sandbox_log_gmtoff=0 if slog is None else slog.log.gmtoff_s)
+        sandbox_log_gmtoff=0 if slog is None else slog.log.gmtoff_s,
+        pdeathsig=pdeathsig, parent_pidfd=parent_pidfd, netns_fd=netns_fd, unshare=unshare,
+        ops=ops)
 
 
 def encode(desc: InitDescription) -> bytes:
@@ -118,7 +134,12 @@ def encode(desc: InitDescription) -> bytes:
         out += [str(len(items)), *items]
     out += [str(len(d.tcp_fds)), *map(str, d.tcp_fds), str(int(d.net_bind_service))]
     out += [str(d.sandbox_log_fd), str(d.sandbox_log_level), str(d.sandbox_log_facility),
-            d.sandbox_log_tag, str(d.sandbox_log_gmtoff), "end"]
+            d.sandbox_log_tag, str(d.sandbox_log_gmtoff)]
+    out += [str(int(d.pdeathsig)), str(d.parent_pidfd), str(d.netns_fd), str(int(d.unshare)),
+            str(len(d.ops))]
+    for op in d.ops:
+        out += [op.op, op.label, op.key, *op.args]
+    out.append("end")
     for i, text in enumerate(out):
         if "\0" in text:
             raise DescriptionError(f"init description: field {i + 1}: {text!r} contains NUL")
@@ -196,6 +217,11 @@ def decode(data: bytes) -> InitDescription:
     slog_facility = r.number("sandbox-log-facility", -1, 23)
     slog_tag = r.text("sandbox-log-tag")
     slog_gmtoff = r.number("sandbox-log-gmtoff", -86400, 86400)
+    pdeathsig = bool(r.number("pdeathsig", 0, 1))
+    parent_pidfd = r.number("parent-pidfd", -1, 2**31 - 1)
+    netns_fd = r.number("netns-fd", -1, 2**31 - 1)
+    unshare = bool(r.number("unshare", 0, 1))
+    ops = _ops(r)
     if r.text("end") != "end":
         raise r.fail("end", "not end")
     if r.pos != len(r.fields) or r.tail:
@@ -212,4 +238,39 @@ def decode(data: bytes) -> InitDescription:
         environ=environ, pid_env_vars=pid_vars, tcp_fds=tcp_fds,
         net_bind_service=net_bind_service, sandbox_log_fd=slog_fd,
         sandbox_log_level=slog_level, sandbox_log_facility=slog_facility,
-        sandbox_log_tag=slog_tag, sandbox_log_gmtoff=slog_gmtoff)
+        sandbox_log_tag=slog_tag, sandbox_log_gmtoff=slog_gmtoff, pdeathsig=pdeathsig,
+        parent_pidfd=parent_pidfd, netns_fd=netns_fd, unshare=unshare, ops=ops)
+
+
+MAX_FLAGS = 2**32 - 1
+MAX_RLIMIT = 2**62
+
+
+def _ops(r: _Reader) -> tuple[Op, ...]:
+    """The setup ops, each `name label key args...` (knot.plan.ARGS gives the count)."""
+    count = r.number("ops", 0, MAX_LIST)
+    ops = []
+    for i in range(count):
+        name = r.text("op")
+        if name not in ARGS:
+            raise r.fail("op", "unknown op")
+        label, key = r.text("op-label"), r.text("op-key")
+        args: tuple[str, ...]
+        match name:
+            case "mount":
+                args = (r.text("mount-source"), r.text("mount-target"), r.text("mount-fstype"),
+                        str(r.number("mount-flags", 0, MAX_FLAGS)), r.text("mount-data"))
+            case "check":
+                path, how = r.text("check-path"), r.text("check-how")
+                if how not in CHECKS:
+                    raise r.fail("check-how", "not dir, reg or isdir")
+                args = (path, how, r.text("check-detail"),
+                        str(r.number("check-skip", 0, count - i - 1)))
+            case "umount2":
+                args = (r.text("umount2-target"), str(r.number("umount2-flags", 0, MAX_FLAGS)))
+            case "rlimit":
+                args = (str(r.number("rlimit", 0, MAX_RLIMIT)),)
+            case _:
+                args = tuple(r.text(f"{name}-arg") for _ in range(ARGS[name]))
+        ops.append(Op(name, label, key, args))
+    return tuple(ops)

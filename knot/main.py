@@ -13,9 +13,10 @@ With --init, the native pid 1 (knot/init.c, built by knot.initbin) is opened bef
 pivot_root and exec'd by fd after setup instead of running knot.service's loop
 in Python (the same duties, ~0.1 MB instead of ~9 MB per container).
 
-Rules (STYLE P7): every setup step goes through step(), which turns an error
-into ONE line on stderr naming the step, the path and the config key, and exits
-EXIT_SETUP_FAILED. No classes with state, no threads, no retries, no logging
+Rules (STYLE P7): the setup is knot.plan's ops (built and run here, in the
+knot that stays Python or was forked); a failing step is ONE line on stderr naming
+the step, the path and the config key (plan.error_line), then exit EXIT_SETUP_FAILED.
+No classes with state, no threads, no retries, no logging
 framework (the sandbox log is one os.write per line, like fd 2; see
 service.SANDBOX_LOG). The order is the original's (K-5..K-23, K-50..K-53), except that
 pivot_root happens once, here, before the service is forked (so that
@@ -26,13 +27,13 @@ pivot_root must already be loaded: the host's Python library is gone then.
 from __future__ import annotations
 
 import errno
+import functools
 import os
-import resource
 import signal
 from collections.abc import Callable
 from typing import NoReturn, TypeVar
 
-from knot import initdesc, service, setup
+from knot import initdesc, plan, service, setup
 from knot.exitcodes import EXIT_SETUP_FAILED
 from knot.spec import KnotSpec, SpecError
 from protocol import sandboxlog
@@ -140,54 +141,6 @@ def read_spec(name: str, spec_fd: int) -> KnotSpec:
     return spec
 
 
-def decrypt_secrets(spec: KnotSpec) -> dict[str, str]:
-    """K-21, K-24..K-26, through protocol.secrets (imported here: only knots with secrets pay)."""
-    assert spec.secrets is not None
-    import importlib
-
-    # Imported by name: protocol.secrets may not exist yet where this is type-checked.
-    lithos_secrets = importlib.import_module("protocol.secrets")
-
-    conf = spec.secrets
-    try:
-        keys = lithos_secrets.load_private_keys(conf.key_file)
-        if conf.environ_file is not None:
-            encrypted = _read_secret_file(setup.inside(spec.mount_dir, conf.environ_file))
-        else:
-            encrypted = {name: list(values) for name, values in conf.environ}
-        return dict(lithos_secrets.decrypt_environ(encrypted, keys, list(conf.namespaces)))
-    except lithos_secrets.SecretError as e:
-        raise setup.SetupError(f"Error decoding secrets: {e}") from None
-
-
-def _read_secret_file(path: str) -> dict[str, str | list[str]]:
-    import yaml
-
-    with open(path, "rb") as f:
-        data = yaml.load(f, Loader=yaml.SafeLoader)
-    if not isinstance(data, dict) or not all(
-            isinstance(k, str) and (isinstance(v, str) or (
-                isinstance(v, list) and all(isinstance(x, str) for x in v)))
-            for k, v in data.items()):
-        raise setup.SetupError(f"{path}: must be a mapping of name to a string "
-                               "or a list of strings")
-    return data
-
-
-def build_environ(spec: KnotSpec, secrets: dict[str, str]) -> dict[str, str]:
-    """K-50, E-21: TERM, environ, secrets over environ, then LITHOS_NAME, LITHOS_CONFIG."""
-    env = {"TERM": os.environ.get("TERM", "dumb")}
-    env.update(spec.environ)
-    env.update(secrets)
-    env["LITHOS_NAME"] = spec.name
-    env["LITHOS_CONFIG"] = spec.config_filename
-    return env
-
-
-def set_fileno_limit(limit: int) -> None:
-    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
-
-
 def exec_native_init(spec: KnotSpec, environ: dict[str, str], log_fd: int | None,
                      status_fd: int | None, init_fd: int,
                      slog: sandboxlog.Writer | None = None) -> str:
@@ -239,30 +192,8 @@ def run(spec: KnotSpec, log_fd: int | None, status_fd: int | None, init_path: st
                        os.O_RDONLY | os.O_CLOEXEC)
     elif not python_pid1:
         fail(spec.name, "a forked knot needs the native init")
-    mnt = spec.mount_dir
-    step(spec, "make / private", "", setup.make_root_private)
-    step(spec, "bind image read-only", "image", setup.bind_image, spec.image_root, mnt)
-    step(spec, "state dir", "state-dir", setup.make_state_dir, spec.state_dir)
-    resolv = step(spec, "error preparing resolv.conf", "resolv-conf",
-                  setup.write_resolv_conf, spec.resolv_conf, spec.state_dir)
-    hosts = step(spec, "error preparing hosts", "hosts-file",
-                 setup.write_hosts, spec.hosts_file, spec.state_dir)
-    step(spec, "mount /dev, /sys, /proc", "devfs-dir", setup.mount_dev, spec.devfs_dir, mnt)
-    for vol in spec.volumes:
-        step(spec, f"mount {vol.kind.value} volume", f'volumes: "{vol.target}"',
-             setup.mount_volume, vol, mnt)
-    step(spec, "mount /etc/resolv.conf", "resolv-conf", setup.mount_etc_file,
-         os.path.join(spec.state_dir, "resolv.conf") if resolv else None, mnt,
-         "resolv.conf", spec.resolv_conf.mount)
-    step(spec, "mount /etc/hosts", "hosts-file", setup.mount_etc_file,
-         os.path.join(spec.state_dir, "hosts") if hosts else None, mnt,
-         "hosts", spec.hosts_file.mount)
-    secrets = {}
-    if spec.secrets is not None:
-        secrets = step(spec, "decrypt secrets", "secret-environ", decrypt_secrets, spec)
-    environ = build_environ(spec, secrets)
-    step(spec, "set limits", "fileno-limit", set_fileno_limit, spec.fileno_limit)
-    step(spec, "pivot_root", "image", setup.pivot, mnt)
+    ops, environ = plan.build(spec)  # the host-side steps run here
+    plan.execute(ops, spec.container_config, functools.partial(fail, spec.name))
     if init_fd is not None:
         slog = service.SANDBOX_LOG[0] if service.SANDBOX_LOG else None
         why = exec_native_init(spec, environ, log_fd, status_fd, init_fd, slog)

@@ -1,12 +1,16 @@
-"""The filesystem of one container: each function is one setup step of the knot.
+"""The host-side steps of a container's setup (knot.plan builds the rest as ops).
 
-Owns every mount the knot makes, the state dir, the generated resolv.conf and
-hosts, and pivot_root. Rules: a function does one step and raises OSError (with
-the path) or SetupError; it never prints and never exits (main.step does). It
-decides nothing that the spec already decided. All of it runs in the knot's own
-mount namespace, after / was made private, so nothing here is seen by the host.
+Owns what the setup does on the host's filesystem, outside the container's mount
+namespace: the state dir, the generated resolv.conf and hosts, the source dirs of
+!Persistent and !Statedir volumes, the check that a mount point does not resolve
+outside the image, and the decryption of secrets. knot.plan runs these while it
+builds the plan (in the spawner, or in an exec'd Python knot); the mounts, checks
+inside the new namespace and pivot_root are ops (knot.plan, executed by knot/init.c
+or knot.plan.execute). Rules: a function does one step and raises OSError (with
+the path) or SetupError; it never prints and never exits. It decides nothing that
+the spec already decided.
 
-Mount flags (K-16, §1.4.1), with our deliberate additions:
+Mount flags (K-16, §1.4.1), with our deliberate additions (knot.plan):
   image root       bind, rec, then ro                          (K-7)
   /dev             bind of devfs-dir, rec, then ro; devpts newinstance,ptmxmode=0666
   /sys, /proc      sysfs ro,nosuid,noexec,nodev; proc nosuid,noexec,nodev
@@ -23,22 +27,8 @@ for readonly-paths).
 from __future__ import annotations
 
 import os
-import stat
 
-from knot import linux
-from knot.linux import (
-    MNT_DETACH,
-    MS_BIND,
-    MS_NOATIME,
-    MS_NODEV,
-    MS_NOEXEC,
-    MS_NOSUID,
-    MS_PRIVATE,
-    MS_RDONLY,
-    MS_REC,
-    MS_REMOUNT,
-)
-from knot.spec import HostsFile, ResolvConf, Volume, VolumeKind
+from knot.spec import HostsFile, KnotSpec, ResolvConf
 
 
 class SetupError(Exception):
@@ -48,26 +38,6 @@ class SetupError(Exception):
 def inside(mount_dir: str, path: str) -> str:
     """The host path of `path` inside the container being assembled at mount_dir."""
     return mount_dir.rstrip("/") + "/" + path.lstrip("/")
-
-
-def make_root_private() -> None:
-    # MS_REC|MS_PRIVATE first: otherwise our mounts would propagate to the host
-    # through a shared /, and pivot_root(2) fails with EINVAL under a shared mount.
-    linux.mount(None, "/", None, MS_REC | MS_PRIVATE)
-
-
-def bind(source: str, target: str, *, recursive: bool = True, remount_flags: int = 0) -> None:
-    """Bind source on target, then remount the top with remount_flags if any."""
-    os.stat(source)  # so that a missing source is named as such, not as the target
-    os.stat(target)
-    linux.mount(source, target, None, MS_BIND | (MS_REC if recursive else 0))
-    if remount_flags:
-        linux.mount(None, target, None, MS_BIND | MS_REMOUNT | remount_flags)
-
-
-def bind_image(image_root: str, mount_dir: str) -> None:
-    """K-7: the image, read-only, becomes the future root."""
-    bind(image_root, mount_dir, remount_flags=MS_RDONLY)
 
 
 def make_state_dir(state_dir: str) -> None:
@@ -135,100 +105,72 @@ def write_hosts(hosts: HostsFile, state_dir: str) -> bool:
     return True
 
 
-def mount_dev(devfs_dir: str, mount_dir: str) -> None:
-    """K-16 1..4: /dev (read-only devfs-dir + a new devpts), /sys, /proc."""
-    bind(devfs_dir, inside(mount_dir, "/dev"), remount_flags=MS_RDONLY)
-    # newinstance: the container's ptys are its own; ptmxmode=0666 lets the
-    # service's user open /dev/ptmx (a symlink to pts/ptmx made by lithos_mkdev).
-    linux.mount("devpts", inside(mount_dir, "/dev/pts"), "devpts",
-                MS_NOSUID | MS_NOEXEC | MS_NOATIME, "newinstance,ptmxmode=0666")
-    linux.mount("sysfs", inside(mount_dir, "/sys"), "sysfs",
-                MS_NOSUID | MS_NOEXEC | MS_NODEV | MS_NOATIME | MS_RDONLY)
-    # The knot is pid 1 of a new pid namespace: this proc shows that namespace.
-    linux.mount("proc", inside(mount_dir, "/proc"), "proc",
-                MS_NOSUID | MS_NOEXEC | MS_NODEV | MS_NOATIME)
-
-
-def _prepare_dir(path: str, mode: int, user: int, group: int) -> None:
+def prepare_dir(path: str, mode: int, user: int, group: int) -> None:
+    """The source dir of a !Statedir (always) or a new !Persistent (E-28) volume."""
     os.makedirs(path, exist_ok=True)
     os.chown(path, user, group)
     os.chmod(path, mode)
 
 
-def _check_inside(mount_dir: str, target: str) -> None:
-    # Until pivot_root, an absolute symlink in the image resolves against the HOST's
-    # root: /data -> /etc would put the volume on the host's /etc (in our namespace)
-    # and the container would silently not get it. Refuse instead.
-    real = os.path.realpath(target)
-    root = os.path.realpath(mount_dir)
+def check_inside(image_root: str, mount_dir: str, path: str) -> None:
+    """Refuses a mount point that resolves outside the image.
+
+    Until pivot_root, an absolute symlink in the image resolves against the HOST's
+    root: /data -> /etc would put the volume on the host's /etc (in the container's
+    namespace) and the container would silently not get it. Checked against the
+    image itself, on the host (a symlink inside an earlier volume is not seen: the
+    mount then fails on its target). The error names the path under mount_dir.
+    """
+    real = os.path.realpath(inside(image_root, path))
+    root = os.path.realpath(image_root)
     if real != root and not real.startswith(root + "/"):
-        raise SetupError(f"{target}: resolves to {real}, outside the container "
-                         "(a symlink in the image? mount points must be real directories)")
+        raise SetupError(f"{inside(mount_dir, path)}: resolves to {real}, outside the "
+                         "container (a symlink in the image? mount points must be real "
+                         "directories)")
 
 
-def mount_volume(vol: Volume, mount_dir: str) -> None:
-    """K-16 5: one volume (§1.4.1; flags in the module docstring). V-2: no mkdir of targets."""
-    target = inside(mount_dir, vol.target)
-    _check_inside(mount_dir, target)
-    match vol.kind:
-        case VolumeKind.READONLY:
-            assert vol.source is not None
-            bind(vol.source, target, remount_flags=MS_RDONLY | MS_NOSUID | MS_NODEV)
-        case VolumeKind.PERSISTENT:
-            assert vol.source is not None
-            if vol.mkdir and not os.path.lexists(vol.source):
-                _prepare_dir(vol.source, vol.mode, vol.user, vol.group)  # E-28: only if new
-            bind(vol.source, target, remount_flags=MS_NOSUID | MS_NODEV)
-        case VolumeKind.STATEDIR:
-            assert vol.source is not None
-            _prepare_dir(vol.source, vol.mode, vol.user, vol.group)
-            bind(vol.source, target, remount_flags=MS_NOSUID | MS_NODEV)
-        case VolumeKind.TMPFS:
-            os.stat(target)
-            linux.mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV,
-                        f"size={vol.size_bytes},mode=0{vol.mode:o}")
+def build_environ(spec: KnotSpec, secrets: dict[str, str]) -> dict[str, str]:
+    """K-50, E-21: TERM, environ, secrets over environ, then LITHOS_NAME, LITHOS_CONFIG."""
+    env = {"TERM": os.environ.get("TERM", "dumb")}
+    env.update(spec.environ)
+    env.update(secrets)
+    env["LITHOS_NAME"] = spec.name
+    env["LITHOS_CONFIG"] = spec.config_filename
+    return env
 
 
-def mount_etc_file(generated: str | None, mount_dir: str, name: str,
-                   mount: bool | None) -> None:
-    """K-17/K-18: bind a generated file over /etc/<name> when asked or when it fits.
+def decrypt_secrets(spec: KnotSpec) -> dict[str, str]:
+    """K-21, K-24..K-26, through protocol.secrets (imported here: only knots with secrets pay).
 
-    mount false: skip. Otherwise /etc must be a real dir and /etc/<name> a regular
-    file (lstat, so a symlink does not count); if not, mount true is an error and
-    mount null skips. Unlike the original, null also skips when nothing was
-    generated (the original failed on the missing source).
+    secret-environ-file is read from the image (image_root), on the host.
     """
-    if mount is False:
-        return
-    etc = inside(mount_dir, "/etc")
-    target = os.path.join(etc, name)
+    assert spec.secrets is not None
+    import importlib
+
+    # Imported by name: protocol.secrets may not exist yet where this is type-checked.
+    lithos_secrets = importlib.import_module("protocol.secrets")
+
+    conf = spec.secrets
     try:
-        fits = stat.S_ISDIR(os.lstat(etc).st_mode) and stat.S_ISREG(os.lstat(target).st_mode)
-    except FileNotFoundError:
-        fits = False
-    if not fits:
-        if mount:
-            raise SetupError(f"/etc/{name} is not a valid mount point "
-                             "(it must be a regular file, not a symlink, in the image)")
-        return
-    if generated is None:
-        if mount:
-            raise SetupError("mount is true but nothing was generated "
-                             "(copy-from-host, localhost and public-hostname are all false)")
-        return
-    bind(generated, target, recursive=False)
+        keys = lithos_secrets.load_private_keys(conf.key_file)
+        if conf.environ_file is not None:
+            encrypted = _read_secret_file(inside(spec.image_root, conf.environ_file))
+        else:
+            encrypted = {name: list(values) for name, values in conf.environ}
+        return dict(lithos_secrets.decrypt_environ(encrypted, keys, list(conf.namespaces)))
+    except lithos_secrets.SecretError as e:
+        raise SetupError(f"Error decoding secrets: {e}") from None
 
 
-def pivot(mount_dir: str) -> None:
-    """K-52: mount_dir becomes /; the old root is stacked on /tmp, then detached.
+def _read_secret_file(path: str) -> dict[str, str | list[str]]:
+    import yaml
 
-    The image must have /tmp (a !Tmpfs there is fine: the old root goes on top of it).
-    """
-    put_old = inside(mount_dir, "/tmp")
-    if not os.path.isdir(put_old):
-        raise SetupError(f"{put_old}: missing (the image must have a /tmp directory: "
-                         "pivot_root puts the old root there)")
-    os.chdir(mount_dir)
-    linux.pivot_root(mount_dir, put_old)
-    os.chdir("/")
-    linux.umount2("/tmp", MNT_DETACH)
+    with open(path, "rb") as f:
+        data = yaml.load(f, Loader=yaml.SafeLoader)
+    if not isinstance(data, dict) or not all(
+            isinstance(k, str) and (isinstance(v, str) or (
+                isinstance(v, list) and all(isinstance(x, str) for x in v)))
+            for k, v in data.items()):
+        raise SetupError(f"{path}: must be a mapping of name to a string "
+                         "or a list of strings")
+    return data

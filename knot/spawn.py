@@ -1,12 +1,17 @@
 """spawn_knot: start one lithos_knot as pid 1 of new mount, pid, uts and ipc namespaces.
 
-Owns the fork (and exec) of a knot (used by the broker and by lithos_cmd); the
-caller stays its parent and reaper. With the native pid 1 the knot is forked
-without exec: the child forgets the caller (fds, signal handlers, wakeup fd),
-runs knot.main.run() and execs the native pid 1; it never returns into the
-caller's code (os._exit on every path). Otherwise (Python pid 1, a threaded
-caller, LITHOS_KNOT_SPAWN=exec) it execs `python3 -m knot.lithos_knot`.
-docs/knot.md, "Forked, not exec'd". Rules: the child gets exactly the fds it is given
+Owns how a knot is started (used by the broker and by lithos_cmd); the caller
+stays its parent and reaper. Three ways (spawn_mode(), LITHOS_KNOT_SPAWN):
+  * spawn (the default with the native pid 1): knot.nativespawn posix_spawns
+    knot/init.c, which runs the setup (knot.plan's ops) itself. docs/knot.md,
+    "Setup as data".
+  * fork: the knot is forked without exec: the child forgets the caller (fds,
+    signal handlers, wakeup fd), runs knot.main.run() and execs the native pid 1;
+    it never returns into the caller's code (os._exit on every path).
+    docs/knot.md, "Forked, not exec'd".
+  * exec (Python pid 1, LITHOS_KNOT_SPAWN=exec, or fork asked by a threaded
+    caller): the child execs `python3 -m knot.lithos_knot`.
+Rules: the child gets exactly the fds it is given
 (stdin/stdout/stderr, the tcp fds at their numbers, the spec and the stdio log),
 an environment of TERM only (T-50), SIGTERM/SIGINT/SIGCHLD blocked across exec
 (so a SIGTERM during the knot's setup stays pending instead of being dropped by
@@ -15,7 +20,7 @@ Which pid 1 the knot hands over to after setup (the native knot/init.c or its ow
 Python loop) is decided here, in the caller, by knot.initbin (docs/knot.md).
 
 How the child becomes pid 1 (measured on this machine: see the report):
-  * unshare(CLONE_NEWPID) in the caller, os.fork(), then setns() back to our own
+  * unshare(CLONE_NEWPID) in the caller, os.fork() (or posix_spawn), then setns() back to our own
     pid namespace. Only children created in between land in the new namespace,
     and the caller's own pid namespace never changes. The child is a normal
     os.fork() child (CPython's at-fork hooks run) whose parent is the caller, so
@@ -43,7 +48,7 @@ import signal
 import sys
 from collections.abc import Callable, Mapping
 
-from knot import initbin, linux
+from knot import initbin, linux, nativespawn
 from knot import main as knot_main
 from knot.exitcodes import EXIT_SETUP_FAILED
 from knot.spec import KnotSpec
@@ -53,10 +58,11 @@ KNOT_MODULE = "knot.lithos_knot"
 # `-m knot.lithos_knot` imports the same code as the spawner, installed or not.
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _BLOCKED = (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD)
-# LITHOS_KNOT_SPAWN=exec makes every knot an exec'd interpreter (the old way);
-# fork (the default) forks it without exec when the native pid 1 is used.
+# With the native pid 1, LITHOS_KNOT_SPAWN=spawn (the default) starts it directly
+# with posix_spawn (knot.nativespawn); fork forks the spawner, runs the setup in
+# Python and execs it; exec execs `python3 -m knot.lithos_knot` (the old way).
 SPAWN_ENV = "LITHOS_KNOT_SPAWN"
-SPAWN_MODES = ("fork", "exec")
+SPAWN_MODES = ("spawn", "fork", "exec")
 KNOT_COMM = b"lithos_knot"  # the forked knot's name (comm) until it execs the native init
 
 
@@ -190,13 +196,30 @@ def _forked_child(spec: KnotSpec, fds: Mapping[int, int], log_no: int | None,
 _COMM = ctypes.create_string_buffer(KNOT_COMM)
 
 
-def fork_wanted(native_init: str | None) -> bool:
-    """Whether to fork the knot without exec: only with the native pid 1 (a Python
-    pid 1 would keep the spawner's heap), single-threaded (a fork copies one thread
-    and the others' locks), and unless LITHOS_KNOT_SPAWN=exec."""
-    if native_init is None or os.environ.get(SPAWN_ENV, "fork") == "exec":
-        return False
+def spawn_mode(native_init: str | None) -> str:
+    """How to start a knot: "spawn" (posix_spawn of the native init, which runs the
+    setup itself), "fork" (fork without exec, the setup in Python, then exec the
+    native init) or "exec" (exec `python3 -m knot.lithos_knot`).
+
+    Without a native init: exec (a forked Python pid 1 would keep the spawner's
+    heap). LITHOS_KNOT_SPAWN picks among the three, else spawn; fork only when
+    single-threaded (a fork copies one thread and the others' locks).
+    """
+    wanted = os.environ.get(SPAWN_ENV, "spawn")
+    if native_init is None or wanted == "exec":
+        return "exec"
+    if wanted == "fork":
+        return "fork" if _single_threaded() else "exec"
+    return "spawn"
+
+
+def _single_threaded() -> bool:
     return len(os.listdir("/proc/self/task")) == 1
+
+
+def fork_wanted(native_init: str | None) -> bool:
+    """Whether the knot starts without an exec'd interpreter (spawn or fork)."""
+    return spawn_mode(native_init) != "exec"
 
 
 AUTO = "auto"
@@ -231,7 +254,8 @@ def spawn_knot(spec: KnotSpec, *, inherited_fds: Mapping[int, int], stdin: int, 
     the spawner opened and SandboxLog.to_arg(); the knot's own lines go there.
     fork: True forks the knot without exec (it runs knot.main.run() in the child,
     then execs the native init: needs one); False execs `python3 -m
-    knot.lithos_knot`; None (default) decides with fork_wanted().
+    knot.lithos_knot`; None (default) decides with spawn_mode(): with a native
+    init, posix_spawn it and let it run the setup (knot.nativespawn).
     before_setup(pid) runs in the caller while the knot waits, before it execs or
     sets anything up (so before the service exists): to put it in its cgroup (T-51).
     If it raises, the knot is killed and reaped and the exception propagates.
@@ -245,13 +269,32 @@ def spawn_knot(spec: KnotSpec, *, inherited_fds: Mapping[int, int], stdin: int, 
         native_init = initbin.choose()
     init = None if native_init is None else os.fspath(native_init)
     if fork is None:
-        fork = fork_wanted(init)
+        mode = spawn_mode(init)
+        if mode == "spawn" and init is not None and not os.access(init, os.X_OK):
+            mode = "exec"  # that knot fails as it always did: `open native init: ...`, 78
+        if mode == "spawn" and spec.secrets is not None:
+            # The plaintext must never be in the spawner's memory (issue 11,
+            # tests/security/test_secrets.py): a forked knot decrypts in its own.
+            mode = "fork" if _single_threaded() else "exec"
     elif fork and init is None:
         raise ValueError(f"{spec.name}: a forked knot needs the native init")
+    else:
+        mode = "fork" if fork else "exec"
+    fork = mode == "fork"
     fds = {0: stdin, 1: stdout, 2: stderr, **inherited_fds}
     spec_no = max(fds) + 1  # the exec'd knot's spec; a forked one has the spec object
     log_no = spec_no + 1 if stdio_log is not None else None
     status_no = max(spec_no, log_no or 0) + 1 if status_fd is not None else None
+    if mode == "spawn" and init is not None:
+        if stdio_log is not None and log_no is not None:
+            fds[log_no] = stdio_log
+        if status_fd is not None and status_no is not None:
+            fds[status_no] = status_fd
+        placed_log = None if sandbox_log is None else (
+            sandbox_log[0], max(max(fds), spec_no) + 1, sandbox_log[1])
+        return nativespawn.spawn_native(spec, init, fds, log_no, status_no,
+                                        pdeathsig=pdeathsig, netns_fd=netns_fd,
+                                        sandbox_log=placed_log, before_setup=before_setup)
     spec_fd = own_pidns = pidfd = go_r = go_w = -1
     argv_area = _argv_area() if fork else (0, 0)
     try:

@@ -10,14 +10,17 @@ import dataclasses
 import os
 import subprocess
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from knot import initbin, initdesc
+from knot import initbin, initdesc, plan
 from knot.exitcodes import EXIT_SETUP_FAILED
 from knot.initdesc import DescriptionError
+from knot.linux import MS_PRIVATE, MS_REC
+from knot.plan import Op
 from knot.spec import HostsFile, IdMap, Kind, KnotSpec, ResolvConf
 from protocol.stdiolog import rust_quote
 
@@ -57,7 +60,7 @@ def test_from_spec_decides_everything_in_python() -> None:
 def test_encoding_is_nul_terminated_fields_in_order() -> None:
     data = initdesc.encode(initdesc.from_spec(SPEC, {"TERM": "dumb"}, 9))
     fields = data.split(b"\0")
-    assert fields[0] == b"lithos-init/1" and fields[1] == b"web/django.0"
+    assert fields[0] == b"lithos-init/2" and fields[1] == b"web/django.0"
     assert fields[-2:] == [b"end", b""]
 
 
@@ -112,7 +115,7 @@ def _replace_field(index: int, value: bytes) -> bytes:
 
 MALFORMED = {
     "empty": b"",
-    "wrong magic": b"lithos-init/2\0" + _good().split(b"\0", 1)[1],
+    "wrong magic": b"lithos-init/1\0" + _good().split(b"\0", 1)[1],
     "unterminated": _good()[:-1],
     "truncated": _good()[: len(_good()) // 2],
     "trailing bytes": _good() + b"x\0",
@@ -129,8 +132,10 @@ MALFORMED = {
     "bad output": _replace_field(15, b"syslog"),
     "file without path": _replace_field(15, b"file"),
     "list too long": _replace_field(10, b"70000"),
-    "bad sandbox log facility": _replace_field(-5, b"24"),
-    "bad sandbox log offset": _replace_field(-3, b"90000"),
+    # From the end: "", end, the ops count (0), unshare, netns, pidfd, pdeathsig, then
+    # the sandbox log's gmtoff, tag, facility.
+    "bad sandbox log facility": _replace_field(-10, b"24"),
+    "bad sandbox log offset": _replace_field(-8, b"90000"),
 }
 
 
@@ -196,3 +201,132 @@ def test_net_bind_service_travels_to_init() -> None:
         data = initdesc.encode(d)
         assert f"\0{int(flag)}\0-1\0".encode() in data  # then the (absent) sandbox log
         assert initdesc.decode(data) == d
+
+
+# --- the setup part (knot.plan's ops, lithos-init/2) ------------------------------
+
+SETUP_OPS = (
+    Op("mount", "make / private", "", ("", "/", "", str(MS_REC | MS_PRIVATE), "")),
+    Op("check", "mount /etc/hosts", "hosts-file", ("/etc", "dir", "", "1")),
+    Op("stat", "mount /etc/hosts", "hosts-file", ("/etc/hosts",)),
+    Op("rlimit", "set limits", "fileno-limit", ("1024",)),
+    Op("chdir", "pivot_root", "image", ("/run/lithos/mnt",)),
+    Op("pivot_root", "pivot_root", "image", ("/run/lithos/mnt", "/run/lithos/mnt/tmp")),
+    Op("umount2", "pivot_root", "image", ("/tmp", "2")),
+    Op("fail", "decrypt secrets", "secret-environ", ("Error decoding secrets: x",)),
+)
+
+
+def _with_setup(ops: tuple[Op, ...] = SETUP_OPS, **kw: object) -> initdesc.InitDescription:
+    args: dict = {"pdeathsig": True, "parent_pidfd": 12, "netns_fd": 13, "unshare": True}
+    args.update(kw)
+    return initdesc.from_spec(SPEC, {"TERM": "dumb"}, 9, None, None, ops=ops, **args)
+
+
+def test_setup_round_trip() -> None:
+    d = _with_setup()
+    assert initdesc.decode(initdesc.encode(d)) == d
+    assert initdesc.decode(_good()).ops == ()  # a knot that set up in Python: no setup
+
+
+def _setup_field(op_index: int, offset: int, value: bytes, ops_data: bytes = b"") -> bytes:
+    """The description with field `offset` of op `op_index` (0: its name) replaced;
+    op_index -1: the fields before the ops (offset from the ops count, backwards)."""
+    fields = (ops_data or initdesc.encode(_with_setup())).split(b"\0")
+    count_at = len(fields) - 3 - sum(3 + len(op.args) for op in SETUP_OPS)
+    if op_index < 0:
+        fields[count_at + offset] = value
+    else:
+        at = count_at + 1 + sum(3 + len(op.args) for op in SETUP_OPS[:op_index])
+        fields[at + offset] = value
+    return b"\0".join(fields)
+
+
+SETUP_MALFORMED = {
+    "pdeathsig not 0/1": _setup_field(-1, -4, b"2"),
+    "bad parent pidfd": _setup_field(-1, -3, b"-2"),
+    "unshare not 0/1": _setup_field(-1, -1, b"yes"),
+    "too many ops": _setup_field(-1, 0, str(len(SETUP_OPS) + 1).encode()),
+    "too few ops": _setup_field(-1, 0, str(len(SETUP_OPS) - 1).encode()),
+    "op count too long": _setup_field(-1, 0, b"65537"),
+    "unknown op": _setup_field(2, 0, b"mkdir"),
+    "mount flags too big": _setup_field(0, 6, str(2**32).encode()),
+    "mount flags negative": _setup_field(0, 6, b"-1"),
+    "bad check": _setup_field(1, 4, b"symlink"),
+    "skip past the end": _setup_field(1, 6, str(len(SETUP_OPS) - 1).encode()),
+    "rlimit not a number": _setup_field(3, 3, b"unlimited"),
+    "umount2 flags": _setup_field(6, 4, b"02"),
+}
+MALFORMED.update(SETUP_MALFORMED)
+
+
+@pytest.mark.parametrize("data", SETUP_MALFORMED.values(), ids=SETUP_MALFORMED.keys())
+def test_malformed_setup_is_rejected_by_both(init_binary: Path, data: bytes) -> None:
+    with pytest.raises(DescriptionError) as err:
+        initdesc.decode(data)
+    done = run_init(init_binary, data)
+    assert done.returncode == EXIT_SETUP_FAILED
+    assert done.stderr == f"knot[web/django.0]: {err.value}\n"
+
+
+FAILING_OPS = {
+    "stat": (Op("stat", "mount Readonly volume", 'volumes: "/x"', ("/nonexistent/x",)),),
+    "isdir": (Op("check", "pivot_root", "image", ("/nonexistent", "isdir", "no /tmp", "0")),),
+    "lstat regular": (Op("check", "mount /etc/hosts", "hosts-file",
+                         ("/proc/self", "reg", "not a valid mount point", "0")),),
+    "skipped": (Op("check", "l", "", ("/nonexistent", "dir", "", "1")),
+                Op("fail", "skipped", "", ("never",)), Op("fail", "last", "k", ("reached",))),
+    "not skipped": (Op("check", "l", "", ("/", "dir", "", "1")),
+                    Op("fail", "first", "", ("reached",))),
+    "chdir": (Op("chdir", "pivot_root", "image", ("/nonexistent",)),),
+    "rlimit": (Op("rlimit", "set limits", "fileno-limit", (str(2**40),)),),
+    "mount": (Op("mount", "mount Tmpfs volume", 'volumes: "/x"',
+                 ("tmpfs", "/nonexistent/x", "tmpfs", "0", "size=1")),),
+    "umount2": (Op("umount2", "pivot_root", "image", ("/nonexistent", "2")),),
+}
+
+
+@pytest.mark.parametrize("ops", FAILING_OPS.values(), ids=FAILING_OPS.keys())
+def test_python_and_c_executors_write_the_same_line(init_binary: Path,
+                                                    ops: tuple[Op, ...]) -> None:
+    """knot.plan.execute and init.c's run_ops, the same ops: the same line, exit 78."""
+    lines: list[str] = []
+
+    class Failed(Exception):
+        pass
+
+    def fail(line: str) -> NoReturn:
+        lines.append(line)
+        raise Failed
+
+    with pytest.raises(Failed):
+        plan.execute(ops, SPEC.container_config, fail)
+    desc = _with_setup(ops, pdeathsig=False, parent_pidfd=-1, netns_fd=-1, unshare=False)
+    done = run_init(init_binary, initdesc.encode(desc))
+    assert done.returncode == EXIT_SETUP_FAILED
+    assert done.stderr == f"knot[web/django.0]: {lines[0]}\n"
+
+
+@st.composite
+def _ops(draw: st.DrawFn) -> tuple[Op, ...]:
+    names = draw(st.lists(st.sampled_from(sorted(plan.ARGS)), max_size=6))
+    ops = []
+    for i, name in enumerate(names):
+        args = [draw(text) for _ in range(plan.ARGS[name])]
+        if name in ("mount", "umount2"):
+            args[3 if name == "mount" else 1] = str(draw(st.integers(0, 2**32 - 1)))
+        elif name == "check":
+            args[1] = draw(st.sampled_from(plan.CHECKS))
+            args[3] = str(draw(st.integers(0, len(names) - i - 1)))
+        elif name == "rlimit":
+            args[0] = str(draw(st.integers(0, 2**62)))
+        ops.append(Op(name, draw(text), draw(text), tuple(args)))
+    return tuple(ops)
+
+
+@settings(max_examples=60, deadline=None)
+@given(ops=_ops(), pdeathsig=st.booleans(), pidfd=st.integers(-1, 1000))
+def test_setup_round_trip_of_any_plan(ops: tuple[Op, ...], pdeathsig: bool,
+                                      pidfd: int) -> None:
+    d = _with_setup(ops, pdeathsig=pdeathsig, parent_pidfd=pidfd)
+    assert initdesc.decode(initdesc.encode(d)) == d

@@ -1,0 +1,111 @@
+"""One plan, two executors (issue #10 item 1): init.c and knot.plan.execute set up alike.
+
+The same spec is started three ways: spawned straight into the native init, which
+runs the ops (the default, knot.nativespawn); forked, the ops run in Python, then
+the native init exec'd (LITHOS_KNOT_SPAWN=fork); exec'd Python knot that stays pid 1
+(no native init). Inside the container the mounts must be the same, and every
+failing step must give the same line and exit 78.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import pytest
+
+from knot.exitcodes import EXIT_SETUP_FAILED
+from knot.spec import HostsFile, Volume, VolumeKind
+
+requires_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+pytestmark = requires_root
+
+MODES = ("spawn", "fork", "python")
+
+
+@pytest.fixture
+def start(env, init_mode, native_init_binary):
+    """start(mode, spec, **Env.start's keywords): a knot started the way `mode` says."""
+    if init_mode != "native":
+        pytest.skip("runs every mode itself")
+
+    def start_in(mode: str, spec, **kw):
+        env.native_init = None if mode == "python" else native_init_binary
+        env.fork = {"spawn": None, "fork": True, "python": False}[mode]
+        return env.start(spec, **kw)
+
+    return start_in
+
+
+def _mounts(lines: list[str]) -> list[str]:
+    """mountinfo without the ids and device numbers (new for every tmpfs, proc...)."""
+    return [" ".join(line.split()[3:]) for line in lines]
+
+
+def test_the_same_mounts_inside_in_every_mode(env, start, tmp_path):
+    ro = tmp_path / "ro-src"
+    ro.mkdir()
+    (ro / "file").write_text("ro\n")
+    spec = env.spec("cat /proc/self/mountinfo >&3; echo END >&3", volumes=(
+        Volume(VolumeKind.READONLY, "/ro", str(ro)),
+        Volume(VolumeKind.PERSISTENT, "/data", str(tmp_path / "persist"), mkdir=True,
+               mode=0o750),
+        Volume(VolumeKind.STATEDIR, "/state", str(tmp_path / "statedir"), mode=0o700),
+        Volume(VolumeKind.TMPFS, "/scratch", None, size_bytes=1 << 20, mode=0o1777)),
+        hosts_file=dataclasses.replace(env.spec("").hosts_file, localhost=True, mount=True),
+        fileno_limit=777)
+    seen = {}
+    for mode in MODES:
+        knot = start(mode, spec, events=True)
+        lines = []
+        while (line := knot.read_event()) != "END":
+            lines.append(line)
+        assert knot.wait() == 2, knot.stderr_text()  # a daemon that exits: abnormal
+        seen[mode] = _mounts(lines)
+    assert seen["spawn"] == seen["fork"] == seen["python"]
+    points = [m.split()[1] for m in seen["spawn"]]
+    assert points == ["/", "/dev", "/dev/pts", "/sys", "/proc", "/ro", "/data", "/state",
+                      "/scratch", "/etc/resolv.conf", "/etc/hosts"]
+
+
+def _broken_specs(env):
+    base = env.spec("exit 0")
+    yield "missing image", dataclasses.replace(base, image_root=str(env.tmp / "no-image"))
+    yield "missing source", dataclasses.replace(base, volumes=(
+        Volume(VolumeKind.READONLY, "/ro", str(env.tmp / "nowhere")),))
+    yield "missing mount point", dataclasses.replace(base, volumes=(
+        Volume(VolumeKind.TMPFS, "/not-in-image", None, size_bytes=1 << 20),))
+    yield "nothing generated", dataclasses.replace(base, hosts_file=HostsFile(
+        mount=True, copy_from_host=False, localhost=False, public_hostname=False,
+        source=str(env.host_hosts)))
+    yield "missing resolv.conf", dataclasses.replace(base, resolv_conf=dataclasses.replace(
+        base.resolv_conf, source=str(env.tmp / "no-resolv")))
+    yield "rlimit", dataclasses.replace(base, fileno_limit=2**30)  # > fs.nr_open
+    yield "service exec", dataclasses.replace(base, executable="/bin/nonexistent")
+
+
+def test_every_failing_step_gives_the_same_line_in_every_mode(env, start):
+    for what, spec in _broken_specs(env):
+        lines = {}
+        for mode in MODES:
+            knot = start(mode, spec)
+            assert knot.wait() == EXIT_SETUP_FAILED, (what, mode, knot.stderr_text())
+            lines[mode] = knot.stderr_text()
+            assert lines[mode].count("\n") == 1, (what, mode, lines[mode])
+        assert lines["spawn"] == lines["fork"] == lines["python"], (what, lines)
+
+
+def test_etc_hosts_symlink_and_no_tmp(env, start):
+    (env.image / "etc" / "hosts").unlink()
+    (env.image / "etc" / "hosts").symlink_to("/state/hosts")
+    spec = env.spec("exit 0", hosts_file=dataclasses.replace(env.spec("").hosts_file,
+                                                             mount=True))
+    lines = {mode: start(mode, spec) for mode in MODES}
+    assert {k.wait() for k in lines.values()} == {EXIT_SETUP_FAILED}
+    texts = {k.stderr_text() for k in lines.values()}
+    assert len(texts) == 1 and "/etc/hosts is not a valid mount point" in texts.pop()
+    (env.image / "tmp").rmdir()
+    knots = [start(mode, env.spec("exit 0")) for mode in MODES]
+    assert {k.wait() for k in knots} == {EXIT_SETUP_FAILED}
+    texts = {k.stderr_text() for k in knots}
+    assert len(texts) == 1 and "tmp: missing (the image must have a /tmp" in texts.pop()
