@@ -18,8 +18,9 @@ Order (the child waits on the go pipe before reading anything):
      raises, the knot is killed and reaped and the error propagates.
   3. "Starting container" in the sandbox log (K-12); knot.plan.build() (the state
      dir, resolv.conf, hosts, volume dirs: on the host, here; a spec with secrets
-     is never spawned this way, knot.spawn forks it: the plaintext must not be in
-     the spawner's memory, tests/security/test_secrets.py); the
+     or public-hostname is never spawned this way, knot.spawn forks it: the plaintext
+     must not be in the spawner's memory, tests/security/test_secrets.py, and a DNS
+     lookup must not block the broker); the
      description (knot.initdesc, with the ops) to the memfd; the go byte.
   4. init.c: pdeathsig + "is the spawner alive" (its pidfd), setns to the bridged
      netns (K-30), unshare mount/uts/ipc, close_range, the ops, then the service.
@@ -79,8 +80,9 @@ def spawn_native(spec: KnotSpec, init: str, fds: Mapping[int, int], log_no: int 
     log_no, the status pipe at status_no); sandbox_log is (our fd, its number in
     the knot, settings). Raises OSError (posix_spawn, pipes) or what before_setup raised.
     """
-    if spec.secrets is not None:  # knot.spawn forks those: see there
-        raise ValueError(f"{spec.name}: secrets are never decrypted in the spawner")
+    if spec.secrets is not None or spec.hosts_file.public_hostname:  # knot.spawn.spawnable
+        raise ValueError(f"{spec.name}: secrets and public-hostname are never handled in the "
+                         "spawner")
     targets = dict(fds)
     slog: sandboxlog.SandboxLog | None = None
     slog_no = -1

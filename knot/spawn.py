@@ -213,6 +213,16 @@ def spawn_mode(native_init: str | None) -> str:
     return "spawn"
 
 
+def spawnable(spec: KnotSpec) -> bool:
+    """Whether the spawner may build this knot's plan itself (mode "spawn").
+
+    Not with secrets: the plaintext must never be in the spawner's memory (issue 11,
+    tests/security/test_secrets.py). Not with public-hostname: its DNS lookup could
+    block the broker's loop for seconds. A forked knot does both in its own process.
+    """
+    return spec.secrets is None and not spec.hosts_file.public_hostname
+
+
 def _single_threaded() -> bool:
     return len(os.listdir("/proc/self/task")) == 1
 
@@ -272,9 +282,7 @@ def spawn_knot(spec: KnotSpec, *, inherited_fds: Mapping[int, int], stdin: int, 
         mode = spawn_mode(init)
         if mode == "spawn" and init is not None and not os.access(init, os.X_OK):
             mode = "exec"  # that knot fails as it always did: `open native init: ...`, 78
-        if mode == "spawn" and spec.secrets is not None:
-            # The plaintext must never be in the spawner's memory (issue 11,
-            # tests/security/test_secrets.py): a forked knot decrypts in its own.
+        if mode == "spawn" and not spawnable(spec):
             mode = "fork" if _single_threaded() else "exec"
     elif fork and init is None:
         raise ValueError(f"{spec.name}: a forked knot needs the native init")

@@ -173,3 +173,14 @@ def test_python_executor_lines(tmp_path: Path) -> None:
         "last: reached (k in /cfg.yaml)",
         "set limits: EPERM (Operation not permitted) (fileno-limit in /cfg.yaml)",
     ]
+
+
+def test_secrets_and_public_hostname_are_never_planned_in_the_spawner(spec: KnotSpec) -> None:
+    """The spawner (the broker) builds plans itself only when that needs neither the
+    secrets' plaintext nor a DNS lookup; those knots are forked (knot.spawn.spawnable)."""
+    from knot.spawn import spawnable
+
+    assert spawnable(spec)
+    public = dataclasses.replace(
+        spec, hosts_file=dataclasses.replace(spec.hosts_file, public_hostname=True))
+    assert not spawnable(public)
