@@ -10,6 +10,12 @@ anything by name. Nothing is mounted on the host: the harness first moves into a
 namespace of its own (where, on a cgroup v1 "hybrid" host, the cgroup2 mount at
 /sys/fs/cgroup/unified is detached: crun refuses hybrid hosts, and no contender
 uses cgroups), and every container gets its own from there.
+
+The temp dir is a tmpfs mounted in that namespace (LITHOS_BENCH_DISK=1: left on the
+host's /tmp): lithos_tree keeps its runtime-dir (child records, state dirs, sockets)
+under it, and a production runtime-dir is /run/lithos, a tmpfs. On this machine /tmp
+is ext4 mounted with `discard`, where a mkdir or a small file write + rename takes
+about 0.4 ms (tmpfs: 5-15 us); crun's state stays in its own /run/crun.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ MS_REC = 0x4000
 MS_PRIVATE = 1 << 18
 MNT_DETACH = 2
 HYBRID_UNIFIED = "/sys/fs/cgroup/unified"
+DISK_ENV = "LITHOS_BENCH_DISK"
 GRACE_S = 1.0  # how long a start may stay silent once all its processes exited
 
 
@@ -116,6 +123,12 @@ def _private_mount_namespace() -> None:
         libc.umount2(HYBRID_UNIFIED.encode(), MNT_DETACH)
 
 
+def _mount_tmpfs(path: Path) -> bool:
+    """A tmpfs on `path` (in the harness's own mount namespace); False if that failed."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    return libc.mount(b"tmpfs", str(path).encode(), b"tmpfs", 0, b"mode=0700") == 0
+
+
 class _Deadline(Exception):
     pass
 
@@ -149,6 +162,16 @@ class BenchEnv:
                              "apt-get install busybox-static)")
         self.sig_r = self.sig_w = -1
         self.tmp = Path(tempfile.mkdtemp(prefix="lithos-bench-"))
+        self.tmpfs = False
+        try:
+            _private_mount_namespace()
+            if os.environ.get(DISK_ENV) != "1":
+                self.tmpfs = _mount_tmpfs(self.tmp)
+        except BaseException:
+            if self.tmpfs:
+                ctypes.CDLL(None, use_errno=True).umount2(str(self.tmp).encode(), MNT_DETACH)
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise
         self.ready_r, self.ready_w = os.pipe2(os.O_CLOEXEC)
         self.null = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
         self.errlog_path = self.tmp / "stderr.log"
@@ -166,7 +189,6 @@ class BenchEnv:
             raise
 
     def _setup(self) -> None:
-        _private_mount_namespace()
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
             raise BenchError("bench: prctl(PR_SET_CHILD_SUBREAPER) failed")
@@ -309,4 +331,6 @@ class BenchEnv:
                        self.sig_w):
                 if fd >= 0:
                     os.close(fd)
+            if self.tmpfs:
+                ctypes.CDLL(None, use_errno=True).umount2(str(self.tmp).encode(), MNT_DETACH)
             shutil.rmtree(self.tmp, ignore_errors=True)

@@ -161,7 +161,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"- command: python3 -m bench.run {' '.join(sys.argv[1:])}".rstrip())
     print(f"- nice: {os.getpriority(os.PRIO_PROCESS, 0)} (inherited by every contender)")
     env = BenchEnv()
-    print(f"- work dir: {env.tmp} (removed at exit)")
+    print(f"- work dir: {env.tmp} ({'a tmpfs' if env.tmpfs else 'on the host disk'}, "
+          "removed at exit)")
     contenders: list[Contender] = []
     try:
         for cls in (*ALL[:6], *_zygote(), LithosTree, *ALL[6:], Supervisord):
