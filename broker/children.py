@@ -274,27 +274,30 @@ class Children:
         """Fills in pid and start ticks of the one knot `intend`ed for `child`, if it runs.
 
         With cgroups, the knot is the process in the instance's own group whose
-        parent is not (the knot joins it before its setup, knot.spawn before_setup;
-        a knot killed before that exits by itself when our end of its pipe closes),
-        so a knot forked without exec is found even while its cmdline is still the
-        old broker's. Without cgroups, by its `--name` (a knot's own fork shows the
-        same name: a process whose parent has it is not counted).
+        parent is not (the knot joins it as the first step of its setup, knot.plan's
+        join op), so a knot forked without exec is found even while its cmdline is
+        still the old broker's. Otherwise, and for a knot not yet in its group (killed
+        between its go byte and its join), by its `--name` (a knot's own fork shows
+        the same name: a process whose parent has it is not counted). A knot whose
+        spawner died before the go byte exits by itself (EOF on its go pipe).
         """
-        found = []
+        by_group: list[int] = []
+        by_name: list[int] = []
         for entry in os.listdir("/proc"):
             if not entry.isdigit():
                 continue
             pid = int(entry)
-            if child.cgroup is not None:
-                if _in_group(pid, child.cgroup) and not _in_group(proc_ppid(pid), child.cgroup):
-                    found.append(pid)
+            if child.cgroup is not None and _in_group(pid, child.cgroup):
+                if not _in_group(proc_ppid(pid), child.cgroup):
+                    by_group.append(pid)
                 continue
             if proc_knot_name(pid) != child.instance:
                 continue
             parent = proc_ppid(pid)
             if parent is not None and proc_knot_name(parent) == child.instance:
                 continue
-            found.append(pid)
+            by_name.append(pid)
+        found = by_group or by_name
         if len(found) != 1:
             return False
         ticks = proc_start_ticks(found[0])

@@ -2,7 +2,9 @@
 
 Owns the order of the kernel work of one start: sockets, the network of a
 bridged sandbox (broker/netstart.py), cgroup and limits, stdio log, state dir,
-fork of the knot, joining the cgroup. Rules: the plan was
+the knot's start (knot.spawn), which joins its cgroup itself as its first step (T-51:
+before it forks anything; a failed join is a line in its stdio log and sandbox log,
+and the knot runs on, as when the broker joined it). Rules: the plan was
 checked by broker/policy.py; nothing here decides. A failure part-way undoes
 what was done (no socket kept, no veth, netns, cgroup or state dir left) and raises Denied
 with code RESOURCE naming the object and the errno.
@@ -11,11 +13,11 @@ with code RESOURCE naming the object and the errno.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import logging
 import os
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 
 from broker import netstart
@@ -74,10 +76,14 @@ def start(
         if log_fd < 0:
             log_fd = open_stdio_log(plan.stdio_log.parent, plan.stdio_log.stem)
         plan.state_dir.mkdir(parents=True, exist_ok=True)
+        spec = plan.spec
+        if group is not None:  # the knot joins it first thing (T-51; knot.plan's join op)
+            spec = dataclasses.replace(spec, cgroup_procs=tuple(
+                os.path.join(d, "cgroup.procs") for d in group.dirs))
         null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         try:
             pid = spawn_knot(
-                plan.spec,
+                spec,
                 inherited_fds=fds,
                 stdin=null,
                 stdout=log_fd,
@@ -86,7 +92,6 @@ def start(
                 pdeathsig=not detach_from_broker,
                 netns_fd=net.netns_fd if net is not None else None,
                 sandbox_log=sandbox_log,
-                before_setup=None if group is None else _joiner(name, group),
             )
         finally:
             os.close(null)
@@ -113,18 +118,6 @@ def start(
     child.state_dir = str(plan.state_dir)
     child.veth = net.veth if net is not None else ""
     return child
-
-
-def _joiner(name: str, group: CgroupHandle) -> Callable[[int], None]:
-    """Puts the knot in its group before it forks anything (T-51)."""
-
-    def join(pid: int) -> None:
-        try:
-            group.add(pid)
-        except CgroupError as e:  # the knot runs; limits are not applied
-            log.error("%s: joining cgroup %s: %s", name, group.group, e)
-
-    return join
 
 
 def remove_state_dir(path: Path) -> None:

@@ -44,14 +44,15 @@
 #include <unistd.h>
 
 enum { EXIT_NORMAL = 0, EXIT_ABNORMAL = 2, EXIT_KILL_TIMEOUT = 3, EXIT_SETUP_FAILED = 78 };
-#define MAGIC "lithos-init/2"
+#define MAGIC "lithos-init/3"
 #define MAX_DESC (16 << 20)   /* bytes */
 #define MAX_LIST 65536        /* items in one list */
 
 /* One setup op (knot/plan.py): kind, the step's label and config key, its arguments. */
-enum op_kind { OP_FAIL, OP_MOUNT, OP_STAT, OP_CHECK, OP_CHDIR, OP_PIVOT, OP_UMOUNT, OP_RLIMIT };
+enum op_kind { OP_FAIL, OP_MOUNT, OP_STAT, OP_CHECK, OP_CHDIR, OP_PIVOT, OP_UMOUNT, OP_RLIMIT,
+               OP_JOIN };
 static const char *const op_names[] = { "fail", "mount", "stat", "check", "chdir",
-                                        "pivot_root", "umount2", "rlimit" };
+                                        "pivot_root", "umount2", "rlimit", "join" };
 struct op {
     int kind;
     char *label, *key;
@@ -185,6 +186,7 @@ static void read_ops(void) {
         case OP_FAIL: op->a[0] = next_str("fail-arg"); break;
         case OP_STAT: op->a[0] = next_str("stat-arg"); break;
         case OP_CHDIR: op->a[0] = next_str("chdir-arg"); break;
+        case OP_JOIN: op->a[0] = next_str("join-arg"); break;
         }
     }
 }
@@ -660,6 +662,30 @@ static void step_errno(const struct op *op, const char *path) {
     step_fail(op, detail);
 }
 
+/* plan.execute's warn: a join that failed is one line (stderr and the sandbox log), and
+   the setup goes on (the knot runs outside that cgroup's limits, as the broker's own
+   join always did). */
+static void step_warn(const struct op *op, const char *path) {
+    int err = errno;
+    dprintf(2, "knot[%s]: %s: %s: %s (%s)\n", d.name, op->label, path, ERR(err));
+    char *line;
+    if (asprintf(&line, "[%s] %s: %s: %s (%s)", d.name, op->label, path, ERR(err)) >= 0) {
+        sandbox_line(LOG_ERROR, line);
+        free(line);
+    }
+}
+
+/* T-51: write "0" (ourselves) to a cgroup.procs file. */
+static int join_cgroup(const char *path) {
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    int ok = write(fd, "0", 1) == 1;
+    int err = errno;
+    close(fd);
+    errno = err;
+    return ok ? 0 : -1;
+}
+
 static const char *or_null(const char *s) { return s[0] ? s : NULL; }
 
 /* plan.execute, op for op. */
@@ -701,6 +727,9 @@ static void run_ops(void) {
             if (setrlimit(RLIMIT_NOFILE, &rl) != 0) step_errno(op, NULL);
             break;
         }
+        case OP_JOIN:
+            if (join_cgroup(op->a[0]) != 0) step_warn(op, op->a[0]);
+            break;
         }
     }
 }

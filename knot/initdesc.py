@@ -2,7 +2,7 @@
 
 Owns its format: NUL-terminated fields in a fixed order (encode() below), integers
 in decimal, each list as its length then its items, starting with the magic
-`lithos-init/2` and ending with `end`. After the service's fields come the setup's:
+`lithos-init/3` and ending with `end`. After the service's fields come the setup's:
 pdeathsig, the spawner's pidfd, the netns fd, unshare, then knot.plan's ops, each
 `name label key args...` (plan.ARGS gives the count); all off and no ops when a
 Python knot did the setup and execs init.c afterwards. Everything is decided here, in Python: the
@@ -26,7 +26,7 @@ from knot.spec import IdMap, Kind, KnotSpec
 from protocol.sandboxlog import Writer
 from protocol.stdiolog import command_text, rust_quote, seconds_text
 
-MAGIC = "lithos-init/2"
+MAGIC = "lithos-init/3"
 MAX_LIST = 65536
 MAX_NS = 86400 * 10**9
 

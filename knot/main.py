@@ -49,6 +49,13 @@ def fail(name: str, text: str) -> NoReturn:
     os._exit(EXIT_SETUP_FAILED)
 
 
+def warn(name: str, text: str) -> None:
+    """One line on stderr and an error in the sandbox log; the setup goes on."""
+    os.write(2, f"knot[{name}]: {text}\n".encode(errors="replace"))
+    for writer in service.SANDBOX_LOG:
+        writer.write(sandboxlog.ERROR, f"[{name}] {text}")
+
+
 def step(spec: KnotSpec, label: str, key: str, fn: Callable[..., T], *args: object) -> T:
     """Runs one setup step; an error becomes one line naming step, path and key."""
     try:
@@ -193,7 +200,8 @@ def run(spec: KnotSpec, log_fd: int | None, status_fd: int | None, init_path: st
     elif not python_pid1:
         fail(spec.name, "a forked knot needs the native init")
     ops, environ = plan.build(spec)  # the host-side steps run here
-    plan.execute(ops, spec.container_config, functools.partial(fail, spec.name))
+    plan.execute(ops, spec.container_config, functools.partial(fail, spec.name),
+                 functools.partial(warn, spec.name))
     if init_fd is not None:
         slog = service.SANDBOX_LOG[0] if service.SANDBOX_LOG else None
         why = exec_native_init(spec, environ, log_fd, status_fd, init_fd, slog)

@@ -134,6 +134,8 @@ class KnotSpec:
     restart_process_only: bool
     normal_exit_codes: tuple[int, ...]
     net_bind_service: bool = False  # bridged (K-30): the service keeps CAP_NET_BIND_SERVICE
+    # cgroup.procs files (host paths, one per hierarchy) the knot joins first (T-51)
+    cgroup_procs: tuple[str, ...] = ()
 
     def to_json(self) -> str:
         """The spec as one JSON object (enums by value)."""
@@ -354,6 +356,7 @@ def _spec(raw: object, where: str) -> KnotSpec:
         normal_exit_codes=_each(d["normal_exit_codes"], f"{where}.normal_exit_codes",
                                 lambda v, w: _int(v, w, 0, 255)),
         net_bind_service=_bool(d["net_bind_service"], f"{where}.net_bind_service"),
+        cgroup_procs=_each(d["cgroup_procs"], f"{where}.cgroup_procs", _path),
     )
 
 

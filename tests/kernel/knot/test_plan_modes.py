@@ -109,3 +109,48 @@ def test_etc_hosts_symlink_and_no_tmp(env, start):
     assert {k.wait() for k in knots} == {EXIT_SETUP_FAILED}
     texts = {k.stderr_text() for k in knots}
     assert len(texts) == 1 and "tmp: missing (the image must have a /tmp" in texts.pop()
+
+
+@pytest.fixture
+def group():
+    """A fresh group `lt-join-<hex>` in the memory and cpu hierarchies (removed at the
+    end, after the test's knots were reaped)."""
+    import secrets as _secrets
+
+    from broker import cgroups
+
+    layout = cgroups.detect(("memory", "cpu"))
+    handle = layout.create(f"lt-join-{_secrets.token_hex(4)}")
+    try:
+        yield handle
+    finally:
+        handle.remove()
+
+
+def test_the_knot_joins_its_cgroup_first_in_every_mode(env, start, group):
+    """T-51: spec.cgroup_procs is the plan's first step (knot.plan's join op), so the
+    knot, and the service it forks, run in the group, whichever executor ran it."""
+    procs = tuple(os.path.join(d, "cgroup.procs") for d in group.dirs)
+    spec = env.spec("cat /proc/self/cgroup >&3; echo END >&3", cgroup_procs=procs)
+    for mode in MODES:
+        knot = start(mode, spec, events=True)
+        lines = []
+        while (line := knot.read_event()) != "END":
+            lines.append(line)
+        assert knot.wait() == 2, knot.stderr_text()
+        joined = {line.split(":", 2)[1] for line in lines if line.endswith(f":/{group.group}")}
+        assert {"memory", "cpu,cpuacct"} <= joined or {"memory", "cpu"} <= joined, (mode, lines)
+
+
+def test_a_failed_join_is_one_line_and_the_container_runs(env, start, tmp_path):
+    """As when the broker joined it: the knot says so (stderr = its stdio log) and runs."""
+    missing = str(tmp_path / "gone" / "cgroup.procs")
+    spec = env.spec("echo ran >&3", cgroup_procs=(missing,))
+    texts = set()
+    for mode in MODES:
+        knot = start(mode, spec, events=True)
+        assert knot.read_event() == "ran", mode
+        assert knot.wait() == 2, knot.stderr_text()
+        texts.add(knot.stderr_text())
+    assert texts == {f"knot[{spec.name}]: joining cgroup: {missing}: ENOENT "
+                     "(No such file or directory)\n"}

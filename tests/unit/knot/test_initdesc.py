@@ -60,7 +60,7 @@ def test_from_spec_decides_everything_in_python() -> None:
 def test_encoding_is_nul_terminated_fields_in_order() -> None:
     data = initdesc.encode(initdesc.from_spec(SPEC, {"TERM": "dumb"}, 9))
     fields = data.split(b"\0")
-    assert fields[0] == b"lithos-init/2" and fields[1] == b"web/django.0"
+    assert fields[0] == b"lithos-init/3" and fields[1] == b"web/django.0"
     assert fields[-2:] == [b"end", b""]
 
 
@@ -203,7 +203,7 @@ def test_net_bind_service_travels_to_init() -> None:
         assert initdesc.decode(data) == d
 
 
-# --- the setup part (knot.plan's ops, lithos-init/2) ------------------------------
+# --- the setup part (knot.plan's ops, lithos-init/3) ------------------------------
 
 SETUP_OPS = (
     Op("mount", "make / private", "", ("", "/", "", str(MS_REC | MS_PRIVATE), "")),
@@ -300,7 +300,7 @@ def test_python_and_c_executors_write_the_same_line(init_binary: Path,
         raise Failed
 
     with pytest.raises(Failed):
-        plan.execute(ops, SPEC.container_config, fail)
+        plan.execute(ops, SPEC.container_config, fail, fail)
     desc = _with_setup(ops, pdeathsig=False, parent_pidfd=-1, netns_fd=-1, unshare=False)
     done = run_init(init_binary, initdesc.encode(desc))
     assert done.returncode == EXIT_SETUP_FAILED

@@ -165,7 +165,7 @@ def test_python_executor_lines(tmp_path: Path) -> None:
     ]
     for ops in cases:
         with pytest.raises(Failed):
-            plan.execute(ops, "/cfg.yaml", fail)
+            plan.execute(ops, "/cfg.yaml", fail, fail)
     assert lines == [
         f'mount Readonly volume: {tmp_path}/no: ENOENT (No such file or directory) '
         '(volumes: "/x" in /cfg.yaml)',
@@ -184,3 +184,14 @@ def test_secrets_and_public_hostname_are_never_planned_in_the_spawner(spec: Knot
     public = dataclasses.replace(
         spec, hosts_file=dataclasses.replace(spec.hosts_file, public_hostname=True))
     assert not spawnable(public)
+
+
+def test_the_cgroup_join_comes_before_every_other_step(spec: KnotSpec) -> None:
+    """T-51: the knot joins its groups (one cgroup.procs per hierarchy) before anything."""
+    joined = dataclasses.replace(spec, cgroup_procs=("/cg/memory/x/cgroup.procs",
+                                                     "/cg/cpu/x/cgroup.procs"))
+    ops, _ = plan.build(joined)
+    assert ops[:2] == [Op("join", "joining cgroup", "", ("/cg/memory/x/cgroup.procs",)),
+                       Op("join", "joining cgroup", "", ("/cg/cpu/x/cgroup.procs",))]
+    assert ops[2].label == "make / private"
+    assert all(op.op != "join" for op in plan.build(spec)[0])
