@@ -18,7 +18,6 @@ that once per process.
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 import os
 import shutil
@@ -26,6 +25,8 @@ import stat
 import subprocess
 import tempfile
 from pathlib import Path
+
+from protocol.digest import sha256
 
 SOURCE = Path(__file__).with_name("init.c")
 DEFAULT_CACHE_DIR = Path("/var/lib/lithos/init")
@@ -40,7 +41,7 @@ log = logging.getLogger("lithos.knot.init")
 
 
 def binary_name(source: bytes) -> str:
-    digest = hashlib.sha256(source + b"\0" + " ".join(CFLAGS).encode()).hexdigest()
+    digest = sha256(source + b"\0" + " ".join(CFLAGS).encode()).hexdigest()
     return f"lithos-init-{digest[:16]}"
 
 
