@@ -22,8 +22,6 @@ import logging
 import os
 import shutil
 import stat
-import subprocess
-import tempfile
 from pathlib import Path
 
 from protocol.digest import sha256
@@ -84,6 +82,9 @@ def build(cache_dir: Path, path_env: str | None = None) -> tuple[Path | None, st
         return None, why
     if target.is_file():
         return target, ""
+    import subprocess  # only to compile: a broker whose binary is cached never loads them
+    import tempfile
+
     cc = shutil.which("cc", path=path_env) or shutil.which("gcc", path=path_env)
     if cc is None:
         return None, f"no C compiler (cc) in PATH {path_env or os.environ.get('PATH', '')}"
