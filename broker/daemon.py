@@ -143,13 +143,19 @@ def supervisor_path() -> str:
     return os.pathsep.join(dict.fromkeys(os.path.abspath(p) for p in entries if p))
 
 
+def x_options() -> list[str]:
+    """Our own -X options, for the supervisor too: `python3 -X importtime -m broker.main`
+    shows what both import (tests/e2e/test_imports.py), -X dev checks both."""
+    return [f"-X{k}" if v is True else f"-X{k}={v}" for k, v in sys._xoptions.items()]
+
+
 def spawn_supervisor(
     account: Account, master_path: Path, extra_args: list[str], stderr_fd: int | None
 ) -> tuple[int, socket.socket]:
     """Forks the supervisor with one end of a SEQPACKET socketpair; returns (pid, ours).
 
     The child sets NoNewPrivs and execs the supervisor (`python3 -S`, with our
-    import path: supervisor_path()), which drops to `account` before it reads
+    import path: supervisor_path(), and our -X options), which drops to `account` before it reads
     anything (supervisor/privileges.py): the interpreter may live where only root
     can read it. stderr_fd (the pipe of broker/logrelay.py)
     becomes its fd 2, so its log lines land beside the broker's.
@@ -157,7 +163,7 @@ def spawn_supervisor(
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     child_fd = theirs.fileno()
     argv = [
-        sys.executable, "-S", "-m", "supervisor",
+        sys.executable, "-S", *x_options(), "-m", "supervisor",
         "--config", str(master_path), "--fd", str(child_fd),
         "--user", f"{account.uid}:{account.gid}", *extra_args,
     ]  # fmt: skip
