@@ -10,13 +10,14 @@ and deletes the pair again. Rules:
 - On failure nothing it created is left behind: deleting the host end deletes
   the pair. Every failure is one NetworkError naming the config key and value.
 - The bridge itself belongs to the operator; this module never creates it.
+- The only module that imports pyroute2: broker/netstart.py imports it at the
+  first bridged start (broker/netns.py has the setns part and NetworkError).
 Imports protocol at most; never supervisor/ or knot/.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import logging
 import os
@@ -34,6 +35,12 @@ from broker.netcheck import (
     check_addresses,
     substitute_after_setup,
     veth_names,
+)
+from broker.netns import (
+    NetworkError,
+    enter_netns,
+    inside_netns,
+    return_to_netns,
 )
 
 __all__ = [
@@ -53,17 +60,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 Netns = str | int  # a path such as /proc/<pid>/ns/net, or an open fd of one
-CLONE_NEWNET = 0x40000000
 # The helper's environment: TERM as Lithos passes it, plus a fixed PATH so that
 # `#!/bin/sh` scripts find their tools (Lithos passed none).
 HELPER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 AFTER_SETUP_TIMEOUT_S = 30.0
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-class NetworkError(Exception):
-    """Setting up or tearing down a container's network failed; the message says why."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,34 +96,6 @@ def _netns_fd(netns: Netns) -> Iterator[int]:
         yield fd
     finally:
         os.close(fd)
-
-
-THREAD_NETNS = "/proc/thread-self/ns/net"
-EXIT_WRONG_NETNS = 70  # EX_SOFTWARE: the broker could not return to its own netns
-
-
-def return_to_netns(own_fd: int) -> None:
-    if _libc.setns(own_fd, CLONE_NEWNET) != 0:  # every later socket would be a container's
-        err = errno.errorcode.get(ctypes.get_errno(), "?")
-        log.critical("bridge: cannot return to our own network namespace: %s; exiting", err)
-        os._exit(EXIT_WRONG_NETNS)
-
-
-@contextlib.contextmanager
-def inside_netns(netns_fd: int) -> Iterator[None]:
-    """This thread (only) in `netns_fd` for the block, then back in its own netns.
-
-    Sockets made in the block live in `netns_fd` for good; so do children forked there.
-    """
-    own_fd = os.open(THREAD_NETNS, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        _enter_netns(netns_fd)
-        try:
-            yield
-        finally:
-            return_to_netns(own_fd)
-    finally:
-        os.close(own_fd)
 
 
 @contextlib.contextmanager
@@ -366,15 +338,6 @@ def _configure_guest(
         ) from exc
 
 
-def _enter_netns(fd: int) -> None:
-    """Runs in the forked child before exec: join the container's netns only."""
-    # Python 3.11 has no os.setns. Only CLONE_NEWNET: the helper keeps the
-    # broker's mount, pid, uts and ipc namespaces, so it runs host binaries.
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-
-
 def _run_after_setup(
     argv: Sequence[str], address: IpAddress, container_fd: int, timeout_s: float
 ) -> None:
@@ -389,7 +352,7 @@ def _run_after_setup(
             env=env,
             stdin=subprocess.DEVNULL,
             cwd="/",
-            preexec_fn=lambda: _enter_netns(container_fd),
+            preexec_fn=lambda: enter_netns(container_fd),
         )
     except OSError as exc:
         raise NetworkError(f"{key}: cannot run: {_errname(exc)}") from exc

@@ -130,26 +130,45 @@ def lookup_account(user: str) -> Account:
     return Account(entry.pw_name, entry.pw_uid, entry.pw_gid)
 
 
+def supervisor_path() -> str:
+    """Our own import path, for a supervisor started with -S (no `site`).
+
+    Without `site` a fresh interpreter skips the .pth files of site-packages, which
+    may import anything at every start (on some hosts certifi and importlib.resources:
+    about 1 MB and 30 ms). It still needs every directory `site` gave us (site-packages,
+    a virtualenv's, PYTHONPATH's), so it gets all of ours but the first (our script's
+    directory or cwd; `-m supervisor` puts the package's parent there).
+    """
+    entries = sys.path if sys.flags.safe_path else sys.path[1:]
+    return os.pathsep.join(dict.fromkeys(os.path.abspath(p) for p in entries if p))
+
+
+def x_options() -> list[str]:
+    """Our own -X options, for the supervisor too: `python3 -X importtime -m broker.main`
+    shows what both import (tests/e2e/test_imports.py), -X dev checks both."""
+    return [f"-X{k}" if v is True else f"-X{k}={v}" for k, v in sys._xoptions.items()]
+
+
 def spawn_supervisor(
     account: Account, master_path: Path, extra_args: list[str], stderr_fd: int | None
 ) -> tuple[int, socket.socket]:
     """Forks the supervisor with one end of a SEQPACKET socketpair; returns (pid, ours).
 
-    The child sets NoNewPrivs and execs the supervisor, which drops to `account`
-    before it reads anything (supervisor/privileges.py): the interpreter may live
-    where only root can read it. stderr_fd (the pipe of broker/logrelay.py)
+    The child sets NoNewPrivs and execs the supervisor (`python3 -S`, with our
+    import path: supervisor_path(), and our -X options), which drops to `account` before it reads
+    anything (supervisor/privileges.py): the interpreter may live where only root
+    can read it. stderr_fd (the pipe of broker/logrelay.py)
     becomes its fd 2, so its log lines land beside the broker's.
     """
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     child_fd = theirs.fileno()
     argv = [
-        sys.executable, "-m", "supervisor",
+        sys.executable, "-S", *x_options(), "-m", "supervisor",
         "--config", str(master_path), "--fd", str(child_fd),
         "--user", f"{account.uid}:{account.gid}", *extra_args,
     ]  # fmt: skip
-    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
-    if "PYTHONPATH" in os.environ:
-        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
+           "PYTHONPATH": supervisor_path()}  # fmt: skip
     if armed := failpoints.hand_over("supervisor."):  # this supervisor only: no crash loop
         env[failpoints.ENV] = armed
     cwd = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

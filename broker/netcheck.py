@@ -11,11 +11,12 @@ Owns the veth naming rule, the checks of `ip-addresses` against
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections.abc import Sequence
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+
+from protocol.digest import blake2b
 
 IpAddress = IPv4Address | IPv6Address
 IpNetwork = IPv4Network | IPv6Network
@@ -35,7 +36,7 @@ def veth_names(bridge: str, address: IpAddress) -> tuple[str, str]:
     key = json.dumps(
         {"bridge": bridge, "ip": str(address)}, separators=(",", ":"), ensure_ascii=False
     )
-    digest = hashlib.blake2b(key.encode("utf-8"), digest_size=64).hexdigest()
+    digest = blake2b(key.encode("utf-8"), digest_size=64).hexdigest()
     packed = address.packed
     host = f"li_{digest[:6]}_{packed[-2]:02x}{packed[-1]:02x}"
     assert len(host) < IFNAMSIZ

@@ -10,6 +10,8 @@ non-external `tcp-ports`, bound inside that namespace by the broker. Rules:
 - On failure nothing is left behind: no veth, no netns fd, no socket; the
   error is one NetworkError naming the config key and the value.
 - Decides nothing: the NetPlan was made and checked by broker/policy.py.
+- broker/bridge.py (pyroute2) is imported by the first bridged start, not with
+  this module: a broker without bridged sandboxes never loads it.
 Only the host end's name outlives the start (Child.veth), for clean-up.
 """
 
@@ -21,15 +23,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from broker.bridge import (
-    THREAD_NETNS,
-    NetworkError,
-    inside_netns,
-    remove_veth,
-    return_to_netns,
-    setup_container_network,
-    setup_isolated,
-)
+from broker.netns import THREAD_NETNS, NetworkError, inside_netns, return_to_netns
 from broker.policy import NetPlan, PortRequest
 from knot import linux
 from knot.ports import open_listening_socket
@@ -101,6 +95,8 @@ def prepare(plan: NetPlan) -> ContainerNet:
     Raises:
         NetworkError: naming the key and the value; nothing is left behind.
     """
+    from broker import bridge  # pyroute2: imported by bridged starts only (broker/netns.py)
+
     try:
         net = ContainerNet(new_netns())
     except OSError as exc:
@@ -108,9 +104,9 @@ def prepare(plan: NetPlan) -> ContainerNet:
                            f"{_errname(exc)}") from exc  # fmt: skip
     try:
         if plan.address is None:
-            setup_isolated(net.netns_fd)
+            bridge.setup_isolated(net.netns_fd)
         else:
-            handle = setup_container_network(
+            handle = bridge.setup_container_network(
                 net.netns_fd, plan.bridge, plan.address, plan.prefixlen, plan.gateway,
                 plan.after_setup_command)  # fmt: skip
             net.veth = handle.host_ifname
@@ -141,8 +137,10 @@ def discard(net: ContainerNet, why: str = "after a failed start") -> None:
 def remove_host_veth(name: str, why: str) -> None:
     """Deletes the host end `name` if it is still there (the kernel deletes the pair
     when the netns goes, but asynchronously, and only when nothing else holds it)."""
+    from broker import bridge
+
     try:
-        if remove_veth(name):
+        if bridge.remove_veth(name):
             log.info("veth %s removed (%s)", name, why)
     except NetworkError as exc:
         log.warning("%s", exc)

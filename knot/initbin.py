@@ -18,14 +18,13 @@ that once per process.
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 import os
 import shutil
 import stat
-import subprocess
-import tempfile
 from pathlib import Path
+
+from protocol.digest import sha256
 
 SOURCE = Path(__file__).with_name("init.c")
 DEFAULT_CACHE_DIR = Path("/var/lib/lithos/init")
@@ -40,7 +39,7 @@ log = logging.getLogger("lithos.knot.init")
 
 
 def binary_name(source: bytes) -> str:
-    digest = hashlib.sha256(source + b"\0" + " ".join(CFLAGS).encode()).hexdigest()
+    digest = sha256(source + b"\0" + " ".join(CFLAGS).encode()).hexdigest()
     return f"lithos-init-{digest[:16]}"
 
 
@@ -83,6 +82,9 @@ def build(cache_dir: Path, path_env: str | None = None) -> tuple[Path | None, st
         return None, why
     if target.is_file():
         return target, ""
+    import subprocess  # only to compile: a broker whose binary is cached never loads them
+    import tempfile
+
     cc = shutil.which("cc", path=path_env) or shutil.which("gcc", path=path_env)
     if cc is None:
         return None, f"no C compiler (cc) in PATH {path_env or os.environ.get('PATH', '')}"

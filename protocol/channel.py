@@ -12,6 +12,7 @@ never sleeps and never logs. Encoding and validation are protocol.codec's.
 from __future__ import annotations
 
 import array
+import mmap
 import socket
 import struct
 from collections.abc import Sequence
@@ -28,6 +29,9 @@ _INT = array.array("i").itemsize
 _ANCILLARY_BYTES = socket.CMSG_LEN(MAX_FDS * _INT)
 _SEND_BUFFER_SLACK = 64 * 1024  # skb overhead counted against SO_SNDBUF
 _SO_SNDBUFFORCE = 32  # <asm-generic/socket.h>; not exported by the socket module
+# The receive buffer is an anonymous mapping: only the pages a datagram was written
+# to are resident, and after a datagram larger than this they are given back.
+_KEEP_RESIDENT_BYTES = 64 * 1024
 
 
 class Received(NamedTuple):
@@ -68,8 +72,10 @@ class Channel:
         self._sock = sock
         self._decoder = decoder or Decoder()
         # One byte more than the largest datagram, so that an oversized one is seen as
-        # oversized by the decoder rather than only through MSG_TRUNC.
-        self._buffer = bytearray(self._decoder.max_datagram_bytes + 1)
+        # oversized by the decoder rather than only through MSG_TRUNC. Not a bytearray:
+        # its 1 MiB would be resident in every process for every channel.
+        self._buffer = mmap.mmap(-1, self._decoder.max_datagram_bytes + 1,
+                                 flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)  # fmt: skip
         self._grow_send_buffer(self._decoder.max_datagram_bytes + _SEND_BUFFER_SLACK)
 
     @classmethod
@@ -164,7 +170,9 @@ class Channel:
                 if fds:
                     raise ProtocolViolation(f"empty datagram with {len(fds)} fds")
                 raise ChannelClosed("peer closed the channel")
-            data = bytes(memoryview(self._buffer)[:size])  # one copy, not two
+            data = self._buffer[:size]  # one copy, not two
+            if size > _KEEP_RESIDENT_BYTES:
+                self._buffer.madvise(mmap.MADV_DONTNEED, 0, size)
             frame = self._decoder.decode(data, [fd.fileno() for fd in fds])
         except BaseException:
             close_all(fds)  # s6's unixmessage_drop: a rejected message's fds die with it

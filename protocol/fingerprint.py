@@ -10,14 +10,13 @@ an operator who edited it expects. Pure.
 
 from __future__ import annotations
 
-import hashlib
-
 from protocol.config import ProcessConfig, instance_fingerprint
+from protocol.digest import sha256
 
 
 def fingerprint(process: ProcessConfig, index: int, container_bytes: bytes) -> str:
     """`v1:` + 32 hex chars; printable, no spaces (the wire's fingerprint rule)."""
-    h = hashlib.sha256()
+    h = sha256()
     h.update(instance_fingerprint(process, index).encode())
     h.update(b"\0")
     h.update(container_bytes)

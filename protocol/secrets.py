@@ -19,13 +19,13 @@ from __future__ import annotations
 import base64
 import binascii
 import errno
-import hashlib
 import json
 import os
 import re
 import stat
 from collections.abc import Collection, Mapping, Sequence
 
+from protocol.digest import blake2b
 from protocol.sshkeys import ED25519, KeyFormatError, PrivateKey, parse_private_keys
 
 __all__ = [
@@ -57,7 +57,7 @@ class SecretError(Exception):
 
 def short_hash(data: bytes) -> str:
     """H(x) of K-26: base64 of the 6-byte blake2b of `data` (8 characters)."""
-    return base64.b64encode(hashlib.blake2b(data, digest_size=6).digest()).decode()
+    return base64.b64encode(blake2b(data, digest_size=6).digest()).decode()
 
 
 def key_hash(public_key: bytes) -> str:

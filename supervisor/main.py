@@ -10,7 +10,6 @@ the broker starts a fresh one, which takes over from the broker's snapshot.
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import logging
 import signal
@@ -265,14 +264,66 @@ class Supervisor:
             self.publish_metrics()
 
 
+USAGE = ("usage: lithos-supervisor --config MASTER --fd N (the broker's socketpair end) "
+         "[--user UID:GID (dropped to before reading anything)] [--log-level LEVEL] "
+         "[--log-stderr]")
+_VALUED = ("--config", "--fd", "--user", "--log-level")
+
+
+class UsageError(Exception):
+    """The command line is not the one broker/daemon.py builds; the message says why."""
+
+
+@dataclass(slots=True)
+class Args:
+    config: str
+    fd: int
+    user: str | None = None
+    log_level: str | None = None
+    log_stderr: bool = False
+
+
+def parse_args(argv: list[str]) -> Args:
+    """The command line broker/daemon.py builds (`--name value` or `--name=value`).
+
+    Not argparse: only the broker starts us, and argparse with gettext would stay
+    in every supervisor's memory (about 0.4 MB) for these five options.
+    """
+    values: dict[str, str] = {}
+    log_stderr = False
+    rest = iter(argv)
+    for arg in rest:
+        name, eq, value = arg.partition("=")
+        if name == "--log-stderr" and not eq:
+            log_stderr = True
+        elif name in _VALUED:
+            following = value if eq else next(rest, None)
+            if following is None:
+                raise UsageError(f"{name} needs a value")
+            values[name] = following
+        else:
+            raise UsageError(f"unknown argument {arg!r}")
+    for name in ("--config", "--fd"):
+        if name not in values:
+            raise UsageError(f"{name} is required")
+    try:
+        fd = int(values["--fd"])
+    except ValueError:
+        raise UsageError(f"--fd: {values['--fd']!r} is not a number") from None
+    return Args(values["--config"], fd, values.get("--user"), values.get("--log-level"),
+                log_stderr)  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="lithos-supervisor")
-    p.add_argument("--config", required=True)
-    p.add_argument("--fd", type=int, required=True, help="the broker's socketpair end")
-    p.add_argument("--log-stderr", action="store_true")
-    p.add_argument("--log-level")
-    p.add_argument("--user", help="UID:GID to drop to before reading anything")
-    args = p.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if "-h" in argv or "--help" in argv:
+        print(USAGE)
+        return 0
+    try:
+        args = parse_args(argv)
+    except UsageError as e:
+        print(f"{USAGE}\nlithos-supervisor: error: {e}", file=sys.stderr)
+        return 2
     try:
         failpoints.arm_from_environ()
     except failpoints.FailpointError as e:

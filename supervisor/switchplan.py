@@ -13,7 +13,6 @@ changes as protocol.fingerprint, in a form that can be described.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from protocol.config import (
     instance_fingerprint,
     load_processes,
 )
+from protocol.digest import sha256
 from protocol.records import ChildState
 from supervisor import desired
 from supervisor.events import InstanceSpec, Pid
@@ -50,7 +50,7 @@ class SwitchPlan:
 def readable_identity(process: ProcessConfig, index: int, data: bytes) -> str:
     """A fingerprint people can diff: the P-2 identity plus the container config's digest."""
     identity = json.loads(instance_fingerprint(process, index))
-    identity["container_config"] = hashlib.sha256(data).hexdigest()[:16]
+    identity["container_config"] = sha256(data).hexdigest()[:16]
     return json.dumps(identity, sort_keys=True)
 
 

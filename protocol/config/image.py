@@ -13,7 +13,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import platform
 import stat
 from pathlib import Path
 
@@ -43,7 +42,7 @@ def _openat2(dirfd: int, path: str, flags: int) -> int:
 
     Raises OSError; errno ENOSYS when the kernel (or a seccomp filter) lacks it.
     """
-    number = _SYS_OPENAT2.get(platform.machine())
+    number = _SYS_OPENAT2.get(os.uname().machine)  # what platform.machine() says
     if number is None:
         raise OSError(errno.ENOSYS, "openat2 number unknown on this machine")
     how = _OpenHow(flags, 0, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)

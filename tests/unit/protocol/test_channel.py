@@ -216,3 +216,34 @@ def test_send_refuses_what_the_peer_would_refuse(small_channel_pair) -> None:
     with pytest.raises(ValueError, match="exceeds the limit of 1024"):
         small_channel_pair.peer.send(m.ReloadOk(("x" * 2000,)), 1)
     assert small_channel_pair.broker.try_recv() is None
+
+
+def _resident_pages(buffer: object) -> int:
+    """How many pages of `buffer` are in memory (mincore(2); the kernel may merge its
+    mapping with a neighbour, so smaps cannot tell)."""
+    import ctypes
+    import mmap
+
+    view = ctypes.c_char.from_buffer(buffer)  # type: ignore[arg-type]
+    address = ctypes.addressof(view)
+    del view
+    length = len(buffer)  # type: ignore[arg-type]
+    vec = (ctypes.c_ubyte * ((length + mmap.PAGESIZE - 1) // mmap.PAGESIZE))()
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    assert libc.mincore(address, length, vec) == 0, os.strerror(ctypes.get_errno())
+    return sum(b & 1 for b in vec)
+
+
+def test_the_receive_buffer_holds_only_the_pages_a_datagram_used(channel_pair) -> None:
+    """1 MiB per channel would be resident in the broker and the supervisor for
+    nothing: the buffer is a mapping, and a large datagram's pages are given back."""
+    buffer = channel_pair.broker._buffer
+    assert _resident_pages(buffer) == 0
+    channel_pair.peer.send(m.GetStatus(), 1)
+    channel_pair.broker.recv()
+    assert _resident_pages(buffer) == 1
+    send_raw(channel_pair.peer, b"\x00" * 200_000, [])
+    with pytest.raises(ProtocolViolation):
+        channel_pair.broker.recv()
+    assert _resident_pages(buffer) == 0
