@@ -331,6 +331,8 @@ def spawn_knot(spec: KnotSpec, *, inherited_fds: Mapping[int, int], stdin: int, 
         try:
             pid = os.fork()
             if pid == 0:
+                if go_w >= 0:  # ours to write: kept, the spawner's death would not be EOF
+                    os.close(go_w)
                 if fork and init is not None:
                     slog = None if sandbox_log is None else (slog_no, sandbox_log[1])
                     _forked_child(spec, fds, log_no, status_no, init, pidfd, pdeathsig, go_r,
