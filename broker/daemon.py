@@ -154,11 +154,12 @@ def spawn_supervisor(
 ) -> tuple[int, socket.socket]:
     """Forks the supervisor with one end of a SEQPACKET socketpair; returns (pid, ours).
 
-    The child sets NoNewPrivs and execs the supervisor (`python3 -S`, with our
-    import path: supervisor_path(), and our -X options), which drops to `account` before it reads
-    anything (supervisor/privileges.py): the interpreter may live where only root
-    can read it. stderr_fd (the pipe of broker/logrelay.py)
-    becomes its fd 2, so its log lines land beside the broker's.
+    The child sets NoNewPrivs and execs the supervisor (`python3 -S` with our import
+    path, supervisor_path(), and our -X options), which drops to `account` before it
+    reads anything (supervisor/privileges.py): the interpreter may live where only
+    root can read it, so the supervisor imports everything before that. stderr_fd
+    (the pipe of broker/logrelay.py) becomes its fd 2, so its log lines land beside
+    the broker's.
     """
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     child_fd = theirs.fileno()
