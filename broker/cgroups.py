@@ -277,10 +277,15 @@ class CgroupHandle:
         if os.path.exists(swap_path):
             _try(errors, self.group, swap_path, "max" if unlimited else "0")
 
+    @property
+    def procs_files(self) -> tuple[str, ...]:
+        """The group's cgroup.procs in every hierarchy (a knot joins them itself, T-51)."""
+        return tuple(os.path.join(d, "cgroup.procs") for d in self.dirs)
+
     def add(self, pid: int) -> None:
         """Move process `pid` (all its threads) into the group in every hierarchy."""
-        for d in self.dirs:
-            _write(self.group, os.path.join(d, "cgroup.procs"), str(pid))
+        for path in self.procs_files:
+            _write(self.group, path, str(pid))
 
     def pids(self) -> list[int]:
         """The processes in the group, in any hierarchy, sorted; [] if it is gone."""

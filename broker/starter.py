@@ -78,8 +78,7 @@ def start(
         plan.state_dir.mkdir(parents=True, exist_ok=True)
         spec = plan.spec
         if group is not None:  # the knot joins it first thing (T-51; knot.plan's join op)
-            spec = dataclasses.replace(spec, cgroup_procs=tuple(
-                os.path.join(d, "cgroup.procs") for d in group.dirs))
+            spec = dataclasses.replace(spec, cgroup_procs=group.procs_files)
         null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         try:
             pid = spawn_knot(

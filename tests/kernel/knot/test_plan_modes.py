@@ -130,8 +130,7 @@ def group():
 def test_the_knot_joins_its_cgroup_first_in_every_mode(env, start, group):
     """T-51: spec.cgroup_procs is the plan's first step (knot.plan's join op), so the
     knot, and the service it forks, run in the group, whichever executor ran it."""
-    procs = tuple(os.path.join(d, "cgroup.procs") for d in group.dirs)
-    spec = env.spec("cat /proc/self/cgroup >&3; echo END >&3", cgroup_procs=procs)
+    spec = env.spec("cat /proc/self/cgroup >&3; echo END >&3", cgroup_procs=group.procs_files)
     for mode in MODES:
         knot = start(mode, spec, events=True)
         lines = []
