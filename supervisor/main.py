@@ -109,15 +109,14 @@ class Supervisor:
 
     def metrics_changed(self) -> None:
         """Publishes once at the end of this loop iteration, however many events it
-        handled (levels are a pass over every instance: per event, a cold start of
-        N would cost N passes over N)."""
+        handled (the files are rendered and compared in full at each publish)."""
         if not self.publish_due:
             self.publish_due = True
             self.loop.call_later(0, self.publish_metrics)
 
     def publish_metrics(self) -> None:
+        """Writes the metric files (levels are kept current by Metrics.record)."""
         self.publish_due = False
-        self.metrics.set_levels(self.instances.values())
         self.metric_files.publish(self.metrics.samples())
 
     def execute(self, actions: tuple[Action, ...] | list[Action]) -> None:
@@ -221,6 +220,7 @@ class Supervisor:
         # them for the next supervisor until then. Sent before the publish, so a
         # kill in between loses them instead of counting them twice.
         self.request(m.SupervisorReady(), lambda _r: self._ready(len(desired.instances)))
+        self.metrics.set_levels(self.instances.values())
         self.publish_metrics()
 
     def _ready(self, wanted: int) -> None:

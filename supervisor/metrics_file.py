@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from protocol import failpoints
-from supervisor.metrics import Sample, cantal_meta, cantal_values, prometheus_text
+from supervisor.metrics import Kind, Sample, cantal_meta, cantal_values, prometheus_text
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,8 @@ class MetricsFiles:
         self.paths = dict(zip(SUFFIXES, metric_paths(runtime_dir), strict=True))
         self._last: dict[str, bytes] = {}
         self._failed: set[str] = set()
+        self._meta = b""
+        self._meta_names: tuple[tuple[str, str, Kind], ...] | None = None
 
     def read_previous(self) -> dict[str, int]:
         """Dotted name -> value from the existing .meta and .values, or {} if unreadable."""
@@ -59,7 +61,11 @@ class MetricsFiles:
         return out
 
     def publish(self, samples: Sequence[Sample]) -> None:
-        self._write(".meta", cantal_meta(samples))
+        # The meta (the names and types) changes only with the config: render it then.
+        names = tuple((s.group, s.metric, s.kind) for s in samples)
+        if names != self._meta_names:
+            self._meta, self._meta_names = cantal_meta(samples), names
+        self._write(".meta", self._meta)
         failpoints.hit("supervisor.metrics.during_publish")
         self._write(".values", cantal_values(samples))
         self._write(".prom", prometheus_text(samples).encode())

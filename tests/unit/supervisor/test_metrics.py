@@ -58,7 +58,15 @@ class History:
             self.m.record(inst, t)
             inst = t.instance
         self.table[name] = inst
+        # record() moved the levels by each step's share; a recount must agree.
+        moved = _levels(self.m)
         self.m.set_levels(self.table.values())
+        assert moved == _levels(self.m)
+
+
+def _levels(m: Metrics) -> tuple[int, ...]:
+    return (m.master.queue, m.containers.running, m.containers.unknown,
+            *(c.running for _, c in sorted(m.processes.items())))
 
 
 def test_counts_follow_a_simulated_history() -> None:
