@@ -336,8 +336,8 @@ def handed_over(texts: object) -> dict[str, Child]:
 def new_child(
     instance: str, pid: int, fingerprint: str, cgroup: str | None, ports: list[tuple[str, int]]
 ) -> Child:
-    """A Child for a knot forked just now."""
-    ticks = proc_start_ticks(pid)
+    """A Child for a knot forked just now (pid -1: an intent, not forked yet)."""
+    ticks = proc_start_ticks(pid) if pid > 0 else None
     return Child(
         instance=instance,
         pid=pid,
