@@ -249,7 +249,7 @@ SETUP_MALFORMED = {
     "too many ops": _setup_field(-1, 0, str(len(SETUP_OPS) + 1).encode()),
     "too few ops": _setup_field(-1, 0, str(len(SETUP_OPS) - 1).encode()),
     "op count too long": _setup_field(-1, 0, b"65537"),
-    "unknown op": _setup_field(2, 0, b"mkdir"),
+    "unknown op": _setup_field(2, 0, b"rmdir"),
     "mount flags too big": _setup_field(0, 6, str(2**32).encode()),
     "mount flags negative": _setup_field(0, 6, b"-1"),
     "bad check": _setup_field(1, 4, b"symlink"),
