@@ -139,6 +139,9 @@ class CgroupLayout:
 
     def __init__(self, detected: Detected) -> None:
         self.detected = detected
+        # parents prepare() made (and, on v2, enabled): they stay, since the broker
+        # lives in `<cgroup-name>` (v2: in its leaf, T-6), so neither can be removed
+        self._parents: set[str] = set()
 
     @property
     def version(self) -> Version:
@@ -188,10 +191,12 @@ class CgroupLayout:
             self.create(group)
             handle.set_limits(memory_limit_bytes, cpu_shares)
             return handle, None
-        self.create(parent)
-        if self.version is Version.V2:
-            for hierarchy in self.detected.hierarchies:
-                self._enable_subtree(group, os.path.join(hierarchy.base_dir, parent))
+        if parent not in self._parents:
+            self.create(parent)
+            if self.version is Version.V2:
+                for hierarchy in self.detected.hierarchies:
+                    self._enable_subtree(group, os.path.join(hierarchy.base_dir, parent))
+            self._parents.add(parent)
         writes: list[tuple[str, str, str]] = []
         for hierarchy, leaf_dir in zip(self.detected.hierarchies, dirs, strict=True):
             if "cpuset" in hierarchy.controllers:  # see _inherit_cpuset

@@ -117,7 +117,8 @@ def test_a_failed_mkdir_fails_the_setup_in_one_line_and_leaves_nothing(cg, env, 
     last = cg.layout.detected.hierarchies[-1].base_dir
     texts = set()
     for mode in MODES:
-        handle, work = cg.layout.prepare(cg.leaf(), 100 * MIB, 512)
+        # a new layout: prepare() keeps the parents it made (the broker lives in them)
+        handle, work = CgroupLayout(cg.layout.detected).prepare(cg.leaf(), 100 * MIB, 512)
         assert work is not None
         os.rmdir(os.path.join(last, cg.name))  # the last hierarchy's parent is gone
         knot = start(mode, _with_group(spec, handle, work))
