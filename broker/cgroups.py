@@ -1,6 +1,8 @@
 """cgroups of lithos instances, on cgroup v1 or v2 (K-20, T-6, T-12b, T-51, E-3).
 
-Owns every mkdir, write and rmdir under the cgroup filesystems. Which version and
+Owns every mkdir, write and rmdir under the cgroup filesystems, but a new instance
+group's own dirs and files: its knot makes and writes those (off the broker's serial
+path), as `prepare` decides them (LeafWork: knot.plan's mkdir and write ops). Which version and
 where each controller is mounted is detected by `broker/cgroup_detect.py`;
 `cgroup-name: null` is modelled by the caller as having no `CgroupLayout` at all.
 
@@ -40,6 +42,7 @@ __all__ = [
     "CgroupUsage",
     "CommandGroup",
     "InstanceGroup",
+    "LeafWork",
     "Version",
     "WrongGroup",
     "classify_group",
@@ -116,6 +119,15 @@ class CgroupUsage:
     cpu_ns: int | None
 
 
+@dataclass(frozen=True, slots=True)
+class LeafWork:
+    """A new group's work left to its knot (K-20, knot.plan's mkdir and write ops): the
+    dirs to make, then the files to write in order, as (path, value, config key)."""
+
+    dirs: tuple[str, ...]
+    writes: tuple[tuple[str, str, str], ...]
+
+
 def _check_group(group: str) -> None:
     parts = group.split("/")
     if group.startswith("/") or any(p in ("", ".", "..") for p in parts):
@@ -127,6 +139,9 @@ class CgroupLayout:
 
     def __init__(self, detected: Detected) -> None:
         self.detected = detected
+        # parents prepare() made (and, on v2, enabled): they stay, since the broker
+        # lives in `<cgroup-name>` (v2: in its leaf, T-6), so neither can be removed
+        self._parents: set[str] = set()
 
     @property
     def version(self) -> Version:
@@ -155,6 +170,42 @@ class CgroupLayout:
                 if "cpuset" in hierarchy.controllers:
                     _inherit_cpuset(group, parent, current)
         return handle
+
+    def prepare(
+        self, group: str, memory_limit_bytes: int | None, cpu_shares: int | None
+    ) -> tuple[CgroupHandle, LeafWork | None]:
+        """The parents of `group` made here; a new leaf left to the knot (LeafWork).
+
+        A leaf that exists in any hierarchy (a reused name) is made and limited here,
+        as create() and set_limits() do (None): set_limits orders memsw by the current
+        limit. A new group is unlimited, so its limit goes before its memsw, and only
+        values other than a new group's own are written.
+
+        Raises:
+            CgroupError: a parent could not be made, or a cpuset parent read.
+        """
+        handle = self.handle(group)
+        parent = os.path.dirname(group)
+        dirs = handle.dirs
+        if not parent or any(os.path.lexists(d) for d in dirs):
+            self.create(group)
+            handle.set_limits(memory_limit_bytes, cpu_shares)
+            return handle, None
+        if parent not in self._parents:
+            self.create(parent)
+            if self.version is Version.V2:
+                for hierarchy in self.detected.hierarchies:
+                    self._enable_subtree(group, os.path.join(hierarchy.base_dir, parent))
+            self._parents.add(parent)
+        writes: list[tuple[str, str, str]] = []
+        for hierarchy, leaf_dir in zip(self.detected.hierarchies, dirs, strict=True):
+            if "cpuset" in hierarchy.controllers:  # see _inherit_cpuset
+                for name in ("cpuset.cpus", "cpuset.mems"):
+                    value = _read(group, os.path.join(os.path.dirname(leaf_dir), name)).strip()
+                    if value:
+                        writes.append((os.path.join(leaf_dir, name), value, ""))
+        writes += handle.new_limits(memory_limit_bytes, cpu_shares)
+        return handle, LeafWork(dirs, tuple(writes))
 
     def _enable_subtree(self, group: str, parent_dir: str) -> None:
         # cgroup2: a controller's files appear in a group only when its parent lists
@@ -246,6 +297,50 @@ class CgroupHandle:
                 _try(errors, self.group, os.path.join(cpu_dir, "cpu.weight"), weight)
         if errors:
             raise CgroupError("; ".join(errors))
+
+    def new_limits(
+        self, memory_limit_bytes: int | None, cpu_shares: int | None
+    ) -> list[tuple[str, str, str]]:
+        """set_limits' files for a new group, as (path, value, config key), in order.
+
+        A new group is unlimited with the default shares: only other values are
+        written, and memsw after the limit (memsw >= limit at every moment).
+        """
+        writes: list[tuple[str, str, str]] = []
+        memory_dir, cpu_dir = self._dir("memory"), self._dir("cpu")
+        v1 = self.layout.version is Version.V1
+        limit = memory_limit_bytes
+        if limit is not None and limit < UNLIMITED_BYTES:
+            if memory_dir is None:
+                log.warning(
+                    "cgroup %s: memory-limit %d not applied: memory is not in "
+                    "cgroup-controllers",
+                    self.group,
+                    limit,
+                )
+            else:
+                # the files exist in the new group as in its parent (same hierarchy)
+                parent = os.path.dirname(memory_dir)
+                name, extra, value = (
+                    ("memory.limit_in_bytes", "memory.memsw.limit_in_bytes", str(limit))
+                    if v1
+                    else ("memory.max", "memory.swap.max", "0")
+                )
+                writes.append((os.path.join(memory_dir, name), str(limit), "memory-limit"))
+                if os.path.exists(os.path.join(parent, extra)):
+                    writes.append((os.path.join(memory_dir, extra), value, "memory-limit"))
+        if cpu_shares is not None and cpu_shares != DEFAULT_CPU_SHARES:
+            if cpu_dir is None:
+                log.warning(
+                    "cgroup %s: cpu-shares %d not applied: cpu is not in cgroup-controllers",
+                    self.group,
+                    cpu_shares,
+                )
+            elif v1:
+                writes.append((os.path.join(cpu_dir, "cpu.shares"), str(cpu_shares), "cpu-shares"))
+            elif (weight := shares_to_weight(cpu_shares)) != 100:  # a new group's weight
+                writes.append((os.path.join(cpu_dir, "cpu.weight"), str(weight), "cpu-shares"))
+        return writes
 
     def _memory_v1(self, memory_dir: str, limit: int, errors: list[str]) -> None:
         limit_path = os.path.join(memory_dir, "memory.limit_in_bytes")

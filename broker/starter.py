@@ -4,7 +4,10 @@ Owns the order of the kernel work of one start: sockets, the network of a
 bridged sandbox (broker/netstart.py), cgroup and limits, stdio log, state dir,
 the knot's start (knot.spawn), which joins its cgroup itself as its first step (T-51:
 before it forks anything; a failed join is a line in its stdio log and sandbox log,
-and the knot runs on, as when the broker joined it). Rules: the plan was
+and the knot runs on, as when the broker joined it). The broker makes the group's
+parents; a new group's own dirs and limits are the knot's first ops too (K-20:
+broker.cgroups.prepare; a failed mkdir fails the setup, a failed limit is a line), so
+a container whose knot died early may leave no group: removing one is fine. Rules: the plan was
 checked by broker/policy.py; nothing here decides. A failure part-way undoes
 what was done (no socket kept, no veth, netns, cgroup or state dir left) and raises Denied
 with code RESOURCE naming the object and the errno.
@@ -21,12 +24,13 @@ import shutil
 from pathlib import Path
 
 from broker import netstart
-from broker.cgroups import CgroupError, CgroupHandle, CgroupLayout
+from broker.cgroups import CgroupError, CgroupHandle, CgroupLayout, LeafWork
 from broker.children import Child, new_child
 from broker.netstart import ContainerNet, NetworkError
 from broker.policy import StartPlan
 from broker.ports import PortError, PortTable, SocketSettings
 from knot.spawn import spawn_knot
+from knot.spec import CgroupWrite
 from protocol import failpoints
 from protocol.errors import Denied
 from protocol.records import DenyCode
@@ -58,6 +62,7 @@ def start(
     name = plan.name
     fds: dict[int, int] = {}
     group: CgroupHandle | None = None
+    leaf: LeafWork | None = None
     net: ContainerNet | None = None
     log_fd = stdio_log_fd
     try:
@@ -70,8 +75,7 @@ def start(
             fds.update(net.fds)
         failpoints.hit("broker.start.after_sockets")
         if cgroups is not None and plan.cgroup is not None:
-            group = cgroups.create(plan.cgroup)
-            group.set_limits(plan.memory_limit, plan.cpu_shares)
+            group, leaf = cgroups.prepare(plan.cgroup, plan.memory_limit, plan.cpu_shares)
         failpoints.hit("broker.start.after_cgroup")
         if log_fd < 0:
             log_fd = open_stdio_log(plan.stdio_log.parent, plan.stdio_log.stem)
@@ -79,6 +83,9 @@ def start(
         spec = plan.spec
         if group is not None:  # the knot joins it first thing (T-51; knot.plan's join op)
             spec = dataclasses.replace(spec, cgroup_procs=group.procs_files)
+        if leaf is not None:  # a new group: the knot makes it and writes its limits (K-20)
+            writes = tuple(CgroupWrite(*w) for w in leaf.writes)
+            spec = dataclasses.replace(spec, cgroup_dirs=leaf.dirs, cgroup_writes=writes)
         null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         try:
             pid = spawn_knot(

@@ -50,9 +50,10 @@ enum { EXIT_NORMAL = 0, EXIT_ABNORMAL = 2, EXIT_KILL_TIMEOUT = 3, EXIT_SETUP_FAI
 
 /* One setup op (knot/plan.py): kind, the step's label and config key, its arguments. */
 enum op_kind { OP_FAIL, OP_MOUNT, OP_STAT, OP_CHECK, OP_CHDIR, OP_PIVOT, OP_UMOUNT, OP_RLIMIT,
-               OP_JOIN };
+               OP_JOIN, OP_MKDIR, OP_WRITE };
 static const char *const op_names[] = { "fail", "mount", "stat", "check", "chdir",
-                                        "pivot_root", "umount2", "rlimit", "join" };
+                                        "pivot_root", "umount2", "rlimit", "join", "mkdir",
+                                        "write" };
 struct op {
     int kind;
     char *label, *key;
@@ -187,6 +188,8 @@ static void read_ops(void) {
         case OP_STAT: op->a[0] = next_str("stat-arg"); break;
         case OP_CHDIR: op->a[0] = next_str("chdir-arg"); break;
         case OP_JOIN: op->a[0] = next_str("join-arg"); break;
+        case OP_MKDIR: op->a[0] = next_str("mkdir-arg"); break;
+        case OP_WRITE: op->a[0] = next_str("write-arg"); op->a[1] = next_str("write-arg"); break;
         }
     }
 }
@@ -688,6 +691,37 @@ static int join_cgroup(const char *path) {
 
 static const char *or_null(const char *s) { return s[0] ? s : NULL; }
 
+/* K-20: a new cgroup's dir; an existing one is fine (a reused name). */
+static void make_cgroup_dir(const struct op *op) {
+    if (mkdir(op->a[0], 0755) != 0 && errno != EEXIST) step_errno(op, op->a[0]);
+}
+
+/* K-20: one file of a new cgroup (a limit, cpuset's copy); a failure is a warning line
+   (plan.execute's warn: `<label>: <path> = <value>: <errno> (<text>) (<key> in <config>)`)
+   and the setup goes on. */
+static void write_cgroup_file(const struct op *op) {
+    size_t len = strlen(op->a[1]);
+    int fd = open(op->a[0], O_WRONLY | O_TRUNC | O_CLOEXEC);
+    if (fd >= 0 && write(fd, op->a[1], len) == (ssize_t)len) {
+        close(fd);
+        return;
+    }
+    int err = errno;
+    if (fd >= 0) close(fd);
+    char *line, where[PATH_MAX + 256] = "";
+    if (op->key[0]) snprintf(where, sizeof where, " (%s in %s)", op->key, d.container_config);
+    if (asprintf(&line, "%s: %s = %s: %s (%s)%s", op->label, op->a[0], op->a[1], ERR(err),
+                 where) < 0)
+        return;
+    dprintf(2, "knot[%s]: %s\n", d.name, line);
+    char *slog;
+    if (asprintf(&slog, "[%s] %s", d.name, line) >= 0) {
+        sandbox_line(LOG_ERROR, slog);
+        free(slog);
+    }
+    free(line);
+}
+
 /* plan.execute, op for op. */
 static void run_ops(void) {
     for (int i = 0; i < d.nops; i++) {
@@ -730,6 +764,8 @@ static void run_ops(void) {
         case OP_JOIN:
             if (join_cgroup(op->a[0]) != 0) step_warn(op, op->a[0]);
             break;
+        case OP_MKDIR: make_cgroup_dir(op); break;
+        case OP_WRITE: write_cgroup_file(op); break;
         }
     }
 }

@@ -19,6 +19,7 @@ container (only the fail op); execute() never returns on failure (fail() exits 7
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import resource
@@ -57,9 +58,15 @@ T = TypeVar("T")
 #   rlimit      limit                       RLIMIT_NOFILE, soft = hard
 #   join        path                        write "0" (ourselves) to a cgroup.procs file;
 #                                           a failure is a warning line, not the end
+#   mkdir       path                        a new cgroup's dir, mode 0755 (EEXIST is fine)
+#   write       path value                  a new cgroup's file (O_WRONLY|O_TRUNC); a
+#                                           failure is a warning line `<path> = <value>: ..`
 ARGS = {"fail": 1, "mount": 5, "stat": 1, "check": 4, "chdir": 1, "pivot_root": 2,
-        "umount2": 2, "rlimit": 1, "join": 1}
+        "umount2": 2, "rlimit": 1, "join": 1, "mkdir": 1, "write": 2}
 JOIN_LABEL = "joining cgroup"
+MKDIR_LABEL = "creating cgroup dir"    # K-20: `Error creating cgroup dir "<p>": <e>`
+WRITE_LABEL = "setting cgroup limit"   # K-20: logged, the setup goes on
+WARN_OPS = ("join", "write")           # a failure is a warning line, not the end
 CHECKS = ("dir", "reg", "isdir")
 
 
@@ -208,6 +215,10 @@ def build(spec: KnotSpec) -> tuple[list[Op], dict[str, str]]:
     # T-51: into its cgroup before anything else (the service is forked after the ops).
     # The knot joins itself, so the spawner (the broker) does not wait on the kernel's
     # cgroup migration (on cgroup v1 about 1 ms of RCU grace period per hierarchy).
+    # K-20: a new group is made and limited by the knot too (off the broker's serial
+    # path); the broker made its parents, and decides the files and their order.
+    ops += [Op("mkdir", MKDIR_LABEL, "", (path,)) for path in spec.cgroup_dirs]
+    ops += [Op("write", WRITE_LABEL, w.key, (w.path, w.value)) for w in spec.cgroup_writes]
     ops += [Op("join", JOIN_LABEL, "", (path,)) for path in spec.cgroup_procs]
     try:
         ops.append(_mount("make / private", "", None, "/", None, MS_REC | MS_PRIVATE))
@@ -270,6 +281,22 @@ def _join(path: str) -> None:
         os.close(fd)
 
 
+def _mkdir(path: str) -> None:
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, 0o755)
+
+
+def _write(path: str, value: str) -> None:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
+        try:
+            os.write(fd, value.encode())
+        finally:
+            os.close(fd)
+    except OSError as e:  # named as init.c names it
+        raise OSError(e.errno, e.strerror, f"{path} = {value}") from None
+
+
 def _run(op: Op) -> int:
     """Runs one op other than fail; returns how many of the next ops to skip."""
     a = op.args
@@ -293,6 +320,10 @@ def _run(op: Op) -> int:
             _setrlimit(int(a[0]))
         case "join":
             _join(a[0])
+        case "mkdir":
+            _mkdir(a[0])
+        case "write":
+            _write(a[0], a[1])
         case _:
             raise setup.SetupError(f"unknown op {op.op!r}")
     return 0
@@ -301,7 +332,8 @@ def _run(op: Op) -> int:
 def execute(ops: list[Op] | tuple[Op, ...], container_config: str,
             fail: Callable[[str], NoReturn], warn: Callable[[str], None]) -> None:
     """Runs the ops in order, as init.c does; a failing op calls fail(its line), a
-    failing join warn(its line) (the knot runs on, outside that cgroup's limits)."""
+    failing join or write warn(its line) (the knot runs on, outside that cgroup or
+    without that limit)."""
     i = 0
     while i < len(ops):
         op = ops[i]
@@ -311,7 +343,7 @@ def execute(ops: list[Op] | tuple[Op, ...], container_config: str,
         try:
             i += _run(op)
         except OSError as e:
-            if op.op == "join":
+            if op.op in WARN_OPS:
                 warn(error_line(op.label, op.key, os_detail(e), container_config))
                 continue
             fail(error_line(op.label, op.key, os_detail(e), container_config))

@@ -67,6 +67,16 @@ class IdMap:
 
 
 @dataclass(frozen=True, slots=True)
+class CgroupWrite:
+    """One file of a new cgroup the knot writes before it joins (K-20: a failure is a
+    warning). key: the container config key the value comes from ("" for cpuset's)."""
+
+    path: str
+    value: str
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
 class ResolvConf:
     """resolv-conf; `source` is the sandbox's resolv-conf file (K-14, K-18)."""
 
@@ -136,6 +146,10 @@ class KnotSpec:
     net_bind_service: bool = False  # bridged (K-30): the service keeps CAP_NET_BIND_SERVICE
     # cgroup.procs files (host paths, one per hierarchy) the knot joins first (T-51)
     cgroup_procs: tuple[str, ...] = ()
+    # A new group's dirs (one per hierarchy) the knot makes, then the files it writes,
+    # before it joins (K-20; the broker makes the parents: broker.cgroups.LeafWork)
+    cgroup_dirs: tuple[str, ...] = ()
+    cgroup_writes: tuple[CgroupWrite, ...] = ()
 
     def to_json(self) -> str:
         """The spec as one JSON object (enums by value)."""
@@ -262,6 +276,13 @@ def _idmap(raw: object, where: str) -> IdMap:
                  count=_int(d["count"], f"{where}.count", 1, 2**32 - 1))
 
 
+def _cgroup_write(raw: object, where: str) -> CgroupWrite:
+    d = _obj(raw, where, CgroupWrite)
+    return CgroupWrite(path=_path(d["path"], f"{where}.path"),
+                       value=_str(d["value"], f"{where}.value"),
+                       key=_str(d["key"], f"{where}.key"))
+
+
 def _resolv(raw: object, where: str) -> ResolvConf:
     d = _obj(raw, where, ResolvConf)
     return ResolvConf(mount=_opt_bool(d["mount"], f"{where}.mount"),
@@ -357,6 +378,8 @@ def _spec(raw: object, where: str) -> KnotSpec:
                                 lambda v, w: _int(v, w, 0, 255)),
         net_bind_service=_bool(d["net_bind_service"], f"{where}.net_bind_service"),
         cgroup_procs=_each(d["cgroup_procs"], f"{where}.cgroup_procs", _path),
+        cgroup_dirs=_each(d["cgroup_dirs"], f"{where}.cgroup_dirs", _path),
+        cgroup_writes=_each(d["cgroup_writes"], f"{where}.cgroup_writes", _cgroup_write),
     )
 
 

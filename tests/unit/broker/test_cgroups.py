@@ -286,3 +286,36 @@ def test_limit_for_an_absent_controller_is_logged(
         caplog.text
     )
     assert "cpu-shares" not in caplog.text  # the default is no limit to apply
+
+
+def test_v2_prepare_leaves_a_new_leaf_to_the_knot(tmp_path: Path, v2_root: Path) -> None:
+    """K-20: the parents are made and enabled here; the leaf's dir and its files (only
+    values other than a new group's own) are the knot's, in order."""
+    layout = v2_layout(tmp_path, v2_root)
+    make_group_files(v2_root / "lithos.slice")  # as the kernel would after mkdir
+    handle, work = layout.prepare("lithos.slice/web:app.0.scope", 100 * 2**20, 512)
+    leaf = f"{v2_root}/lithos.slice/web:app.0.scope"
+    assert work == cgroups.LeafWork(
+        dirs=(leaf,),
+        writes=(
+            (f"{leaf}/memory.max", "104857600", "memory-limit"),
+            (f"{leaf}/memory.swap.max", "0", "memory-limit"),
+            (f"{leaf}/cpu.weight", "50", "cpu-shares"),
+        ),
+    )
+    assert handle.dirs == work.dirs and not Path(leaf).exists()
+    assert (v2_root / "lithos.slice" / "cgroup.subtree_control").read_text() == "+cpu +memory +io"
+    # shares 1024..1034 are weight 100, a new group's own: nothing to write
+    _, work = layout.prepare("lithos.slice/web:app.1.scope", cgroups.UNLIMITED_BYTES, 1030)
+    assert work is not None and work.writes == ()
+
+
+def test_v2_prepare_makes_and_limits_a_reused_leaf_itself(tmp_path: Path, v2_root: Path) -> None:
+    layout = v2_layout(tmp_path, v2_root)
+    leaf = v2_root / "lithos.slice" / "web:app.0.scope"
+    make_group_files(v2_root / "lithos.slice")
+    make_group_files(leaf)
+    handle, work = layout.prepare("lithos.slice/web:app.0.scope", 100 * 2**20, 512)
+    assert work is None
+    assert (leaf / "memory.max").read_text() == "104857600"
+    assert (leaf / "cpu.weight").read_text() == "50"

@@ -249,7 +249,7 @@ SETUP_MALFORMED = {
     "too many ops": _setup_field(-1, 0, str(len(SETUP_OPS) + 1).encode()),
     "too few ops": _setup_field(-1, 0, str(len(SETUP_OPS) - 1).encode()),
     "op count too long": _setup_field(-1, 0, b"65537"),
-    "unknown op": _setup_field(2, 0, b"mkdir"),
+    "unknown op": _setup_field(2, 0, b"rmdir"),
     "mount flags too big": _setup_field(0, 6, str(2**32).encode()),
     "mount flags negative": _setup_field(0, 6, b"-1"),
     "bad check": _setup_field(1, 4, b"symlink"),
@@ -283,6 +283,9 @@ FAILING_OPS = {
     "mount": (Op("mount", "mount Tmpfs volume", 'volumes: "/x"',
                  ("tmpfs", "/nonexistent/x", "tmpfs", "0", "size=1")),),
     "umount2": (Op("umount2", "pivot_root", "image", ("/nonexistent", "2")),),
+    "mkdir": (Op("mkdir", plan.MKDIR_LABEL, "", ("/nonexistent/x.scope",)),),
+    "mkdir existing": (Op("mkdir", plan.MKDIR_LABEL, "", ("/",)),
+                       Op("fail", "after", "", ("reached",))),
 }
 
 
@@ -305,6 +308,30 @@ def test_python_and_c_executors_write_the_same_line(init_binary: Path,
     done = run_init(init_binary, initdesc.encode(desc))
     assert done.returncode == EXIT_SETUP_FAILED
     assert done.stderr == f"knot[web/django.0]: {lines[0]}\n"
+
+
+def test_python_and_c_executors_warn_alike_on_a_failed_write(init_binary: Path) -> None:
+    """K-20: a limit that cannot be written is a warning line; the setup goes on."""
+    ops = (Op("write", plan.WRITE_LABEL, "cpu-shares", ("/nonexistent/cpu.shares", "512")),
+           Op("write", plan.WRITE_LABEL, "", ("/proc/self/nonexistent", "0-1")),
+           Op("fail", "after", "", ("reached",)))
+    lines: list[str] = []
+
+    class Failed(Exception):
+        pass
+
+    def fail(line: str) -> NoReturn:
+        lines.append(line)
+        raise Failed
+
+    with pytest.raises(Failed):
+        plan.execute(ops, SPEC.container_config, fail, lines.append)
+    assert lines[0] == (f"setting cgroup limit: /nonexistent/cpu.shares = 512: ENOENT (No such "
+                        f"file or directory) (cpu-shares in {SPEC.container_config})")
+    desc = _with_setup(ops, pdeathsig=False, parent_pidfd=-1, netns_fd=-1, unshare=False)
+    done = run_init(init_binary, initdesc.encode(desc))
+    assert done.returncode == EXIT_SETUP_FAILED
+    assert done.stderr == "".join(f"knot[web/django.0]: {line}\n" for line in lines)
 
 
 @st.composite
