@@ -38,8 +38,8 @@ MODES = ("native", "python")
 log = logging.getLogger("lithos.knot.init")
 
 
-def binary_name(source: bytes) -> str:
-    digest = sha256(source + b"\0" + " ".join(CFLAGS).encode()).hexdigest()
+def binary_name(source: bytes, cflags: tuple[str, ...] = CFLAGS) -> str:
+    digest = sha256(source + b"\0" + " ".join(cflags).encode()).hexdigest()
     return f"lithos-init-{digest[:16]}"
 
 
@@ -67,16 +67,19 @@ def _safe_dir(cache_dir: Path) -> str | None:
     return None
 
 
-def build(cache_dir: Path, path_env: str | None = None) -> tuple[Path | None, str]:
+def build(cache_dir: Path, path_env: str | None = None,
+          extra_cflags: tuple[str, ...] = ()) -> tuple[Path | None, str]:
     """Returns (the binary, "") or (None, why not). Compiles only when not cached.
 
-    path_env is the PATH searched for `cc` (default: ours).
+    path_env is the PATH searched for `cc` (default: ours); extra_cflags are for the
+    bench only (bench.spawn_steps: -DLITHOS_INIT_STAMPS).
     """
+    cflags = CFLAGS + extra_cflags
     try:
         source = SOURCE.read_bytes()
     except OSError as e:  # installed without its package data
         return None, f"{SOURCE}: {e.strerror}"
-    target = cache_dir / binary_name(source)
+    target = cache_dir / binary_name(source, cflags)
     why = _safe_dir(cache_dir)
     if why:
         return None, why
@@ -91,11 +94,11 @@ def build(cache_dir: Path, path_env: str | None = None) -> tuple[Path | None, st
     fd, tmp = tempfile.mkstemp(prefix=".build-", dir=cache_dir)
     os.close(fd)
     try:
-        done = subprocess.run([cc, *CFLAGS, "-o", tmp, str(SOURCE)], capture_output=True,
+        done = subprocess.run([cc, *cflags, "-o", tmp, str(SOURCE)], capture_output=True,
                               text=True, check=False, timeout=120)
         if done.returncode != 0:
             first = (done.stderr.strip().splitlines() or ["?"])[-1]
-            return None, f"{cc} {' '.join(CFLAGS)} {SOURCE} failed: {first}"
+            return None, f"{cc} {' '.join(cflags)} {SOURCE} failed: {first}"
         os.chmod(tmp, 0o755)
         os.rename(tmp, target)
         tmp = ""
