@@ -18,8 +18,9 @@
  *
  * Rules (as the Python pid 1): SIGTERM, SIGINT and SIGCHLD stay blocked for our whole
  * life (blocked since the spawner, K-40) and are taken with sigwaitinfo/sigtimedwait;
- * no polling. Exit codes are knot/exitcodes.py's. Only libc; built with
- * `cc -O2 -static` by knot/initbin.py.
+ * no polling. Exit codes are knot/exitcodes.py's. Only libc (glibc or musl: nothing of
+ * either's own); built with `musl-gcc -O2 -static` (or `cc`) by knot/initbin.py, which also
+ * gives us Python's errno names and texts (ERRNO_TABLE, below).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -36,7 +37,6 @@
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
-#include <linux/capability.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -90,6 +90,30 @@ struct desc {
 
 static struct desc d;
 static const char *knot_name = "?";
+
+/* errno's name and text as Python words them (errno.errorcode, os.strerror: glibc's), so
+   a failing step's line is byte-identical to knot.plan.os_detail's whichever libc we are
+   linked with (musl's texts differ: "Resource busy"). knot/initbin.py generates the table,
+   `[EPERM] = { "EPERM", "Operation not permitted" }, ...`, and passes it with -include. */
+#ifndef ERRNO_TABLE
+#error "build with knot/initbin.py: it passes ERRNO_TABLE with -include"
+#endif
+static const struct { const char *name, *text; } errnos[] = { ERRNO_TABLE };
+#define KNOWN(e) ((e) > 0 && (size_t)(e) < sizeof errnos / sizeof *errnos && errnos[e].name)
+
+static const char *err_name(int e) {   /* Python's: the number when it has no name */
+    static char number[16];
+    if (KNOWN(e)) return errnos[e].name;
+    snprintf(number, sizeof number, "%d", e);
+    return number;
+}
+
+static const char *err_text(int e) {
+    static char unknown[32];
+    if (KNOWN(e)) return errnos[e].text;
+    snprintf(unknown, sizeof unknown, "Unknown error %d", e);
+    return unknown;
+}
 
 #ifdef LITHOS_INIT_STAMPS
 /* bench.spawn_steps only (its own build, cc -DLITHOS_INIT_STAMPS; the production binary
@@ -225,7 +249,7 @@ static void read_desc(int fd) {
         ssize_t n = pread(fd, buf + size, cap - size, (off_t)size);
         if (n < 0 && errno == ESPIPE) n = read(fd, buf + size, cap - size);
         if (n < 0 && errno == EINTR) continue;
-        if (n < 0) bad(strerror(errno), "read");
+        if (n < 0) bad(err_text(errno), "read");
         if (n == 0) break;
         size += (size_t)n;
         if (size > MAX_DESC) bad("larger than 16 MiB", "read");
@@ -397,7 +421,7 @@ static void fail(const char *fmt, ...) {
     _exit(EXIT_SETUP_FAILED);
 }
 
-#define ERR(e) strerrorname_np(e) ? strerrorname_np(e) : "?", strerror(e)
+#define ERR(e) err_name(e), err_text(e)
 
 /* What the child was doing when it failed: service.py's `what` (action, config key). */
 enum step { PREPARE, USERNS, IDS, CAPS, CHDIR, EXEC };
@@ -423,17 +447,22 @@ static void close_all_but(const int *extra, int nextra) {
         }
     unsigned low = 0;
     for (int i = 0; i < n; i++) {
-        if ((unsigned)kept[i] > low) close_range(low, (unsigned)kept[i] - 1, 0);
+        if ((unsigned)kept[i] > low) syscall(SYS_close_range, low, (unsigned)kept[i] - 1, 0);
         if ((unsigned)kept[i] + 1 > low) low = (unsigned)kept[i] + 1;
     }
-    close_range(low, ~0U, 0);
+    syscall(SYS_close_range, low, ~0U, 0);   /* musl has no wrapper */
 }
+
+/* linux/capability.h's ABI, spelled out (musl's toolchain has no kernel headers). */
+enum { CAPABILITY_VERSION_3 = 0x20080522, CAP_NET_BIND_SERVICE = 10 };
+struct cap_header { unsigned version; int pid; };
+struct cap_data { unsigned effective, permitted, inheritable; };
 
 /* K-30, knot/caps.py: after setuid, only CAP_NET_BIND_SERVICE is left (effective,
    permitted, inheritable and ambient), so it survives exec of a plain binary. */
 static void keep_net_bind_service(int report_fd) {
-    struct __user_cap_header_struct header = { _LINUX_CAPABILITY_VERSION_3, 0 };
-    struct __user_cap_data_struct data[2] = { { 0, 0, 0 }, { 0, 0, 0 } };
+    struct cap_header header = { CAPABILITY_VERSION_3, 0 };
+    struct cap_data data[2] = { { 0, 0, 0 }, { 0, 0, 0 } };
     unsigned bit = 1u << CAP_NET_BIND_SERVICE;
     data[0].effective = data[0].permitted = data[0].inheritable = bit;
     if (syscall(SYS_capset, &header, data) != 0) child_fail(report_fd, CAPS);
@@ -787,12 +816,13 @@ static void setup(void) {
     run_ops();
 }
 
-/* glibc's posix_spawn leaves its internal signals (32, 33) ignored in the child, and
-   signal() refuses them: set SIG_DFL with the raw syscall (an all-zero kernel sigaction
-   is SIG_DFL whatever the architecture's layout), so the service inherits nothing. */
+/* The spawner's glibc posix_spawn leaves its internal signals (32, 33: below glibc's
+   SIGRTMIN, 34) ignored in the child, and signal() refuses them (musl's refuses 32-34):
+   set SIG_DFL with the raw syscall (an all-zero kernel sigaction is SIG_DFL whatever the
+   architecture's layout), so the service inherits nothing. */
 static void default_internal_signals(void) {
     unsigned long zero[8] = { 0 };
-    for (int sig = 32; sig < SIGRTMIN; sig++)
+    for (int sig = 32; sig < 34; sig++)
         syscall(SYS_rt_sigaction, sig, zero, NULL, 8);   /* the kernel's sigset: 64 bits */
 }
 
