@@ -826,13 +826,14 @@ static void setup(void) {
     run_ops();
 }
 
-/* The spawner's glibc posix_spawn leaves its internal signals (32, 33: below glibc's
-   SIGRTMIN, 34) ignored in the child, and signal() refuses them (musl's refuses 32-34):
-   set SIG_DFL with the raw syscall (an all-zero kernel sigaction is SIG_DFL whatever the
-   architecture's layout), so the service inherits nothing. */
+/* The spawner's glibc posix_spawn leaves its internal signals (32, 33) ignored in the
+   child, and signal() refuses a libc's own (glibc's 32-33, musl's 32-34; the service's
+   loop in exec_service cannot reset them): set SIG_DFL on 32-34 with the raw syscall (an
+   all-zero kernel sigaction is SIG_DFL whatever the architecture's layout), so the
+   service inherits nothing. */
 static void default_internal_signals(void) {
     unsigned long zero[8] = { 0 };
-    for (int sig = 32; sig < 34; sig++)
+    for (int sig = 32; sig <= 34; sig++)
         syscall(SYS_rt_sigaction, sig, zero, NULL, 8);   /* the kernel's sigset: 64 bits */
 }
 
