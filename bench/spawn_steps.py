@@ -9,8 +9,11 @@ microsecond per step. A measuring tool for BENCHMARKS.md, not a contender.
 
 --mode spawn (the default, contender `lithos`): the caller's steps
 (knot.nativespawn: posix_spawn of the native init, knot.plan.build, the
-description and the go byte); the rest (init.c's setup ops, its fork and the
-service's exec) is one phase, seen from the payload's first instruction.
+description and the go byte), then init.c's own steps: it is built here with
+-DLITHOS_INIT_STAMPS (knot/init.c: a stamp after each step, written to stderr
+just before the service's execve; the production binary has none), and each
+op's phase is named `op:target`. init's main() is timed from the start request,
+its go from the caller's go byte, the rest from init's previous stamp.
 --mode fork (contender `lithos fork`, LITHOS_KNOT_SPAWN=fork): the forked child
 writes its stamps to its stderr just before it execs the native pid 1; also
 prints the child's minor page faults (mostly copy-on-write of the caller's
@@ -32,6 +35,7 @@ from bench.contenders import LithosForked, LithosKnot
 from bench.env import BenchEnv
 
 TAG = b"spawn-steps:"
+INIT_TAG = b"init-stamps:"
 
 
 def _stamped(stamps: list[tuple[str, int]], label: str,
@@ -121,6 +125,21 @@ def _child_marks(errlog: Any, size: int, faults: list[int]) -> list[tuple[str, i
     return marks
 
 
+def _init_marks(errlog: Any, size: int) -> list[tuple[str, int]]:
+    """init.c's stamps (its -DLITHOS_INIT_STAMPS build) from its stderr line; a label
+    seen twice (a bind then its remount) gets #2."""
+    with open(errlog, "rb") as f:
+        f.seek(size)
+        line = next(ln for ln in f.read().splitlines() if ln.startswith(INIT_TAG))
+    marks: list[tuple[str, int]] = []
+    seen: dict[str, int] = {}
+    for item in line[len(INIT_TAG):].split():
+        label, _, ns = item.decode().rpartition("=")
+        seen[label] = seen.get(label, 0) + 1
+        marks.append((f"{label}#{seen[label]}" if seen[label] > 1 else label, int(ns)))
+    return marks
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python3 -m bench.spawn_steps")
     p.add_argument("--samples", type=int, default=30)
@@ -141,6 +160,14 @@ def main(argv: list[str] | None = None) -> int:
         c.prepare()
         stamps: list[tuple[str, int]] = []
         if spawned:
+            from knot import initbin
+
+            path, why = initbin.build(env.tmp / "init-stamps",
+                                      extra_cflags=("-DLITHOS_INIT_STAMPS",))
+            if path is None:
+                print(f"bench.spawn_steps: {why}", file=sys.stderr)
+                return 1
+            c.native_init = path
             _instrument_spawn(stamps)
         else:
             _instrument(stamps)
@@ -158,8 +185,19 @@ def main(argv: list[str] | None = None) -> int:
             marks = [("start request", t0)]
             if spawned:
                 marks += stamps
+                init = _init_marks(env.errlog_path, size)
+                caller_go = stamps[-1][1]
+                for i, (label, ns) in enumerate(init):
+                    since = t0 if label == "main" else caller_go if label == "go" else \
+                        init[i - 1][1]
+                    label = f"init: {label}"
+                    if label not in phases:
+                        order.append(label)
+                    phases.setdefault(label, []).append((ns - since) / 1e6)
                 marks.append(("init.c: setup ops, fork, service exec .. payload's first "
                               "instruction", t_ready))
+                phases.setdefault("init: payload's first instruction (since execve)",
+                                  []).append((t_ready - init[-1][1]) / 1e6)
             else:
                 marks += _child_marks(env.errlog_path, size, faults)
                 marks.append(("native pid 1 exec'd .. payload's first instruction", t_ready))
@@ -172,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
             phases.setdefault("total", []).append((t_ready - t0) / 1e6)
         print(f"| phase (ends when...) | median ms ({args.samples} samples) |")
         print("|---|---:|")
-        for label in [*order, "(spawn_knot returned in the caller)", "total"]:
+        tail = ["init: payload's first instruction (since execve)"] if spawned else []
+        for label in [*order, *tail, "(spawn_knot returned in the caller)", "total"]:
             values = phases[label][2:]  # two warm-up runs
             print(f"| {label} | {statistics.median(values):.3f} |")
         if faults:

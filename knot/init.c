@@ -18,8 +18,9 @@
  *
  * Rules (as the Python pid 1): SIGTERM, SIGINT and SIGCHLD stay blocked for our whole
  * life (blocked since the spawner, K-40) and are taken with sigwaitinfo/sigtimedwait;
- * no polling. Exit codes are knot/exitcodes.py's. Only libc; built with
- * `cc -O2 -static` by knot/initbin.py.
+ * no polling. Exit codes are knot/exitcodes.py's. Only libc (glibc or musl: nothing of
+ * either's own); built with `musl-gcc -O2 -static` (or `cc`) by knot/initbin.py, which also
+ * gives us Python's errno names and texts (ERRNO_TABLE, below).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -36,7 +37,6 @@
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
-#include <linux/capability.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -91,6 +91,56 @@ struct desc {
 
 static struct desc d;
 static const char *knot_name = "?";
+
+/* errno's name and text as Python words them (errno.errorcode, os.strerror: glibc's), so
+   a failing step's line is byte-identical to knot.plan.os_detail's whichever libc we are
+   linked with (musl's texts differ: "Resource busy"). knot/initbin.py generates the table,
+   `[EPERM] = { "EPERM", "Operation not permitted" }, ...`, and passes it with -include. */
+#ifndef ERRNO_TABLE
+#error "build with knot/initbin.py: it passes ERRNO_TABLE with -include"
+#endif
+static const struct { const char *name, *text; } errnos[] = { ERRNO_TABLE };
+#define KNOWN(e) ((e) > 0 && (size_t)(e) < sizeof errnos / sizeof *errnos && errnos[e].name)
+
+static const char *err_name(int e) {   /* Python's: the number when it has no name */
+    static char number[16];
+    if (KNOWN(e)) return errnos[e].name;
+    snprintf(number, sizeof number, "%d", e);
+    return number;
+}
+
+static const char *err_text(int e) {
+    static char unknown[32];
+    if (KNOWN(e)) return errnos[e].text;
+    snprintf(unknown, sizeof unknown, "Unknown error %d", e);
+    return unknown;
+}
+
+#ifdef LITHOS_INIT_STAMPS
+/* bench.spawn_steps only (its own build, cc -DLITHOS_INIT_STAMPS; the production binary
+   has none of this): CLOCK_MONOTONIC after each step, `label=ns` words kept in memory
+   and written to fd 2 as one line just before the service's execve. */
+static char stamps[8192];
+static size_t stamps_len;
+static void stamp(const char *label, const char *arg) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    int n = snprintf(stamps + stamps_len, sizeof stamps - stamps_len, " %s%s%s=%lld", label,
+                     arg ? ":" : "", arg ? arg : "", ts.tv_sec * 1000000000LL + ts.tv_nsec);
+    if (n > 0 && (size_t)n < sizeof stamps - stamps_len) stamps_len += (size_t)n;
+}
+static void stamps_out(void) {
+    stamp("execve", NULL);
+    stamps[stamps_len++] = '\n';
+    (void)!write(2, "init-stamps:", 12);
+    (void)!write(2, stamps, stamps_len);
+}
+#define STAMP(label, arg) stamp(label, arg)
+#define STAMPS_OUT() stamps_out()
+#else
+#define STAMP(label, arg) ((void)0)
+#define STAMPS_OUT() ((void)0)
+#endif
 
 /* ---- reading the description: every field checked, one line on error ---- */
 
@@ -202,7 +252,7 @@ static void read_desc(int fd) {
         ssize_t n = pread(fd, buf + size, cap - size, (off_t)size);
         if (n < 0 && errno == ESPIPE) n = read(fd, buf + size, cap - size);
         if (n < 0 && errno == EINTR) continue;
-        if (n < 0) bad(strerror(errno), "read");
+        if (n < 0) bad(err_text(errno), "read");
         if (n == 0) break;
         size += (size_t)n;
         if (size > MAX_DESC) bad("larger than 16 MiB", "read");
@@ -374,7 +424,7 @@ static void fail(const char *fmt, ...) {
     _exit(EXIT_SETUP_FAILED);
 }
 
-#define ERR(e) strerrorname_np(e) ? strerrorname_np(e) : "?", strerror(e)
+#define ERR(e) err_name(e), err_text(e)
 
 /* What the child was doing when it failed: service.py's `what` (action, config key). */
 enum step { PREPARE, USERNS, IDS, CAPS, CHDIR, EXEC };
@@ -400,17 +450,22 @@ static void close_all_but(const int *extra, int nextra) {
         }
     unsigned low = 0;
     for (int i = 0; i < n; i++) {
-        if ((unsigned)kept[i] > low) close_range(low, (unsigned)kept[i] - 1, 0);
+        if ((unsigned)kept[i] > low) syscall(SYS_close_range, low, (unsigned)kept[i] - 1, 0);
         if ((unsigned)kept[i] + 1 > low) low = (unsigned)kept[i] + 1;
     }
-    close_range(low, ~0U, 0);
+    syscall(SYS_close_range, low, ~0U, 0);   /* musl has no wrapper */
 }
+
+/* linux/capability.h's ABI, spelled out (musl's toolchain has no kernel headers). */
+enum { CAPABILITY_VERSION_3 = 0x20080522, CAP_NET_BIND_SERVICE = 10 };
+struct cap_header { unsigned version; int pid; };
+struct cap_data { unsigned effective, permitted, inheritable; };
 
 /* K-30, knot/caps.py: after setuid, only CAP_NET_BIND_SERVICE is left (effective,
    permitted, inheritable and ambient), so it survives exec of a plain binary. */
 static void keep_net_bind_service(int report_fd) {
-    struct __user_cap_header_struct header = { _LINUX_CAPABILITY_VERSION_3, 0 };
-    struct __user_cap_data_struct data[2] = { { 0, 0, 0 }, { 0, 0, 0 } };
+    struct cap_header header = { CAPABILITY_VERSION_3, 0 };
+    struct cap_data data[2] = { { 0, 0, 0 }, { 0, 0, 0 } };
     unsigned bit = 1u << CAP_NET_BIND_SERVICE;
     data[0].effective = data[0].permitted = data[0].inheritable = bit;
     if (syscall(SYS_capset, &header, data) != 0) child_fail(report_fd, CAPS);
@@ -418,8 +473,10 @@ static void keep_net_bind_service(int report_fd) {
         && errno != EINVAL) child_fail(report_fd, CAPS);   /* EINVAL: kernel < 4.3 */
 }
 
-/* In the forked child: the last steps, then exec (service.py's _exec_service). */
-static void exec_service(int out_fd, int report_fd) {
+/* In the child: the last steps, then exec (service.py's _exec_service). Under vfork it
+   borrows pid 1's memory until the exec: it allocates nothing (env and pid_texts, sized by
+   start_service, are filled here) and changes no global. */
+static void exec_service(int out_fd, int report_fd, char **env, char *pid_texts) {
     if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0) child_fail(report_fd, PREPARE);  /* K-50 */
     if (d.uid_map[0] || d.gid_map[0]) {
         if (unshare(CLONE_NEWUSER) != 0) child_fail(report_fd, USERNS);
@@ -431,14 +488,11 @@ static void exec_service(int out_fd, int report_fd) {
     close_all_but(&report_fd, 1);
     for (int i = 0; i < d.nfds; i++) fcntl(d.fds[i], F_SETFD, 0);   /* inheritable */
     /* V-15, V-17: the pid variables, replaced in place or appended (as a dict does). */
-    char **env = calloc((size_t)(d.nenv + d.npidvars + 1), sizeof *env);
-    if (!env) child_fail(report_fd, PREPARE);
     int n = d.nenv;
     memcpy(env, d.env, (size_t)n * sizeof *env);
     for (int v = 0; v < d.npidvars; v++) {
-        char *entry;
-        if (asprintf(&entry, "%s=%d", d.pidvars[v], (int)getpid()) < 0)
-            child_fail(report_fd, PREPARE);
+        char *entry = pid_texts;
+        pid_texts += sprintf(entry, "%s=%d", d.pidvars[v], (int)getpid()) + 1;
         size_t len = strlen(d.pidvars[v]);
         int i = 0;
         while (i < n && !(strncmp(env[i], entry, len + 1) == 0)) i++;
@@ -454,6 +508,7 @@ static void exec_service(int out_fd, int report_fd) {
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
+    STAMPS_OUT();
     execve(d.executable, d.argv, env);
     child_fail(report_fd, EXEC);
 }
@@ -472,18 +527,30 @@ static void write_map(pid_t pid, const char *kind, const char *text) {
     close(fd);
 }
 
-/* Forks the service (pid 2 at the first start); exits if its exec fails. */
+/* Starts the service (pid 2 at the first start); exits if its exec fails. */
 static pid_t start_service(int out_fd) {
     int pipefd[2];
     if (pipe2(pipefd, O_CLOEXEC) != 0) fail("start service: pipe: %s (%s)", ERR(errno));
-    pid_t pid = fork();
+    size_t texts_size = 1;
+    for (int v = 0; v < d.npidvars; v++) texts_size += strlen(d.pidvars[v]) + 16;  /* =pid\0 */
+    char **env = calloc((size_t)(d.nenv + d.npidvars + 1), sizeof *env);
+    char *pid_texts = malloc(texts_size);
+    if (!env || !pid_texts) fail("start service: %s (%s)", ERR(ENOMEM));
+    /* vfork: no page tables copied, no copy-on-write faults, nothing torn down at the
+       exec (~0.1 ms of every start; we wait for the exec anyway, on the report pipe). With
+       id maps, fork: that child stops itself until we have written them. */
+    int maps = d.uid_map[0] || d.gid_map[0];
+    pid_t pid = maps ? fork() : vfork();
     if (pid < 0) fail("start service: fork: %s (%s)", ERR(errno));
     if (pid == 0) {
+        STAMP("fork-child", NULL);
         close(pipefd[0]);
-        exec_service(out_fd, pipefd[1]);
+        exec_service(out_fd, pipefd[1], env, pid_texts);
     }
+    free(env);
+    free(pid_texts);
     close(pipefd[1]);
-    if (d.uid_map[0] || d.gid_map[0]) {
+    if (maps) {
         int status;
         waitpid(pid, &status, WUNTRACED);
         if (!WIFSTOPPED(status)) {
@@ -767,6 +834,7 @@ static void run_ops(void) {
         case OP_MKDIR: make_cgroup_dir(op); break;
         case OP_WRITE: write_cgroup_file(op); break;
         }
+        STAMP(op_names[op->kind], op->a[op->kind == OP_MOUNT ? 1 : 0]);
     }
 }
 
@@ -780,27 +848,33 @@ static void setup(void) {
         if (d.parent_pidfd >= 0 && poll(&p, 1, 0) != 0) _exit(EXIT_SETUP_FAILED);
     }
     if (d.parent_pidfd >= 0) close(d.parent_pidfd);
+    STAMP("pdeathsig", NULL);
     if (d.netns_fd >= 0) {
         if (setns(d.netns_fd, CLONE_NEWNET) != 0) fail("spawn: setns: %s (%s)", ERR(errno));
         close(d.netns_fd);
     }
     if (d.unshare && unshare(CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC) != 0)
         fail("spawn: unshare: %s (%s)", ERR(errno));
+    STAMP("unshare", NULL);
     int kept[3] = { d.log_fd, d.status_fd, d.slog_fd };
     close_all_but(kept, 3);
+    STAMP("close_range", NULL);
     run_ops();
 }
 
-/* glibc's posix_spawn leaves its internal signals (32, 33) ignored in the child, and
-   signal() refuses them: set SIG_DFL with the raw syscall (an all-zero kernel sigaction
-   is SIG_DFL whatever the architecture's layout), so the service inherits nothing. */
+/* The spawner's glibc posix_spawn leaves its internal signals (32, 33) ignored in the
+   child, and signal() refuses a libc's own (glibc's 32-33, musl's 32-34; the service's
+   loop in exec_service cannot reset them): set SIG_DFL on 32-34 with the raw syscall (an
+   all-zero kernel sigaction is SIG_DFL whatever the architecture's layout), so the
+   service inherits nothing. */
 static void default_internal_signals(void) {
     unsigned long zero[8] = { 0 };
-    for (int sig = 32; sig < SIGRTMIN; sig++)
+    for (int sig = 32; sig <= 34; sig++)
         syscall(SYS_rt_sigaction, sig, zero, NULL, 8);   /* the kernel's sigset: 64 bits */
 }
 
 int main(int argc, char **argv) {
+    STAMP("main", NULL);
     default_internal_signals();
     /* K-40: blocked since the spawner; block again for a run by hand. */
     sigemptyset(&waited);
@@ -822,8 +896,10 @@ int main(int argc, char **argv) {
         while ((n = read(go_fd, &go, 1)) < 0 && errno == EINTR) {}
         if (n != 1 || go != 'g') _exit(EXIT_SETUP_FAILED);   /* EOF: the spawner gave up */
         close(go_fd);
+        STAMP("go", NULL);
     }
     read_desc(fd);
+    STAMP("read_desc", NULL);
     if (strcmp(d.name, argv[2]) != 0)
         bad("does not match --name", "name");
     setup();

@@ -12,8 +12,9 @@ Order (the child waits on the go pipe before reading anything):
      the caller stays the knot's parent; only this child lands in the new pid ns).
      Signal mask SIGTERM/SIGINT/SIGCHLD blocked (K-40), every other signal to
      SIG_DFL (exec keeps SIG_IGN), environment TERM only (T-50), the fds placed by
-     POSIX_SPAWN_DUP2 from copies above every target (a dup2 onto its own number
-     would keep CLOEXEC on some glibc); init.c closes everything else.
+     POSIX_SPAWN_DUP2, each from above every target (a copy when the fd was not:
+     a dup2 onto its own number would keep CLOEXEC on some glibc); init.c closes
+     everything else.
   2. before_setup(pid): the broker puts the knot in its cgroup (T-51). If it
      raises, the knot is killed and reaped and the error propagates.
   3. "Starting container" in the sandbox log (K-12); knot.plan.build() (the state
@@ -53,16 +54,21 @@ def _write_all(fd: int, data: bytes) -> None:
 def _placements(targets: Mapping[int, int]) -> tuple[list[tuple[int, int, int]], list[int]]:
     """POSIX_SPAWN_DUP2 actions putting fd `source` at `target`; and the copies made.
 
-    Every source is first copied (CLOEXEC) above every target, so that no dup2
-    clobbers a source still to be placed, and none is a dup2 onto its own number.
+    A source at or below the highest target is first copied (CLOEXEC) above every
+    fd involved, so that no dup2 clobbers a source still to be placed, and none is
+    a dup2 onto its own number; one above every target is placed as it is (no dup2
+    can clobber it, nor is any onto itself): two syscalls less per fd on every start.
     """
-    top = max([*targets, *targets.values()]) + 1
+    high = max(targets)
+    top = max(high, *targets.values()) + 1
     copies: list[int] = []
     actions = []
     try:
         for target, source in targets.items():
-            copies.append(fcntl.fcntl(source, fcntl.F_DUPFD_CLOEXEC, top))
-            actions.append((os.POSIX_SPAWN_DUP2, copies[-1], target))
+            if source <= high:
+                copies.append(fcntl.fcntl(source, fcntl.F_DUPFD_CLOEXEC, top))
+                source = copies[-1]
+            actions.append((os.POSIX_SPAWN_DUP2, source, target))
     except BaseException:
         for fd in copies:
             os.close(fd)

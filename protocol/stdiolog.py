@@ -67,6 +67,8 @@ def open_stdio_log(stdio_log_dir: Path, sandbox: str) -> int:
 
 def rust_quote(text: str) -> str:
     """`"a \\"b\\"\\n"`: a string quoted the way Rust's `{:?}` quotes it."""
+    if text.isprintable() and '"' not in text and "\\" not in text:
+        return f'"{text}"'  # nothing to escape (the usual case, on every start)
     out = ['"']
     for char in text:
         code = ord(char)

@@ -38,12 +38,14 @@ MNT_DETACH = 2
 _libc = ctypes.CDLL(None, use_errno=True)
 INNER_PORT, EXTERNAL_PORT = 7000, 7001
 
+# One echo (one write) per container: the two instances share the stdio log, and their
+# lines would interleave (they start within a millisecond of each other).
 SHOW = """
 executable: /bin/sh
 arguments:
 - -c
-- 'ip -o addr; ip route; echo "links $(ls /sys/class/net | tr "\\n" " ")";
-   echo "up $LITHOS_NAME"; exec sleep 1000'
+- 'out="$(ip -o addr; ip route; echo "links $(ls /sys/class/net | tr "\\n" " ")";
+   echo "up $LITHOS_NAME")"; echo "$out"; exec sleep 1000'
 user-id: 1000
 group-id: 1000
 kill-timeout: 1

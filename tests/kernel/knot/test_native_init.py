@@ -70,7 +70,11 @@ def test_status_fd_gets_each_raw_wait_status(env):
             ready, _, _ = select.select([status_r], [], [], 20)
             assert ready, knot.log_text()
             lines += os.read(status_r, 100)
-        assert lines == b"768\n10\n"                 # exit 3, then killed by SIGUSR1
+        # exit 3, then killed by SIGUSR1 at every restart (restart-timeout 0: on a busy
+        # host more deaths than two may be in the pipe by the time we read it; the last
+        # line read may be cut)
+        first, second, *more = lines[:lines.rindex(b"\n")].splitlines()
+        assert (first, second) == (b"768", b"10") and set(more) <= {b"10"}, lines
         os.kill(knot.pid, signal.SIGTERM)
         knot.wait()
     finally:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import subprocess
 from pathlib import Path
 from typing import NoReturn
@@ -145,9 +146,17 @@ def test_malformed_is_rejected_by_python(data: bytes) -> None:
         initdesc.decode(data)
 
 
-@pytest.fixture(scope="module")
-def init_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path, why = initbin.build(tmp_path_factory.mktemp("init-cache"))
+@pytest.fixture(scope="module", params=["musl-gcc", "cc"])
+def init_binary(request: pytest.FixtureRequest,
+                tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """init.c built by each compiler knot.initbin may use (musl-gcc first, cc the
+    fallback): the lines must not depend on the libc."""
+    compiler = shutil.which(request.param)
+    if compiler is None:
+        pytest.skip(f"no {request.param} here")
+    only = tmp_path_factory.mktemp("bin")
+    (only / request.param).symlink_to(compiler)
+    path, why = initbin.build(tmp_path_factory.mktemp("init-cache"), path_env=str(only))
     if path is None:
         pytest.skip(f"native pid 1 cannot be built here: {why}")
     return path
