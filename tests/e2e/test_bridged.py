@@ -42,8 +42,8 @@ SHOW = """
 executable: /bin/sh
 arguments:
 - -c
-- 'ip -o addr; ip route; echo "links $(ls /sys/class/net | tr "\\n" " ")";
-   echo "up $LITHOS_NAME"; exec sleep 1000'
+- 'r=$(ip -o addr; ip route; echo "links $(ls /sys/class/net | tr "\\n" " ")";
+   echo "up $LITHOS_NAME"); echo "$r"; exec sleep 1000'
 user-id: 1000
 group-id: 1000
 kill-timeout: 1
@@ -168,6 +168,8 @@ def test_two_instances_on_the_bridge(lithos, testnet) -> None:
     except AssertionError:
         print("\n".join(lithos.lines_since(0)))
         raise
+    # Both instances (and their knots' start lines) write into the one sandbox log:
+    # each reports in a single write (one echo), so its block is never split.
     log = lithos.stdio_log("net")
     # Inside each container: lo and one li-... veth, the address, the default route.
     blocks = re.findall(r"((?:^\d+: .*\n)+)((?:^(?:default|10\.).*\n)+)^links (.*)\n^up (\S+)$",
