@@ -98,6 +98,7 @@ def start(
                 pdeathsig=not detach_from_broker,
                 netns_fd=net.netns_fd if net is not None else None,
                 sandbox_log=sandbox_log,
+                before_setup=_before_go,
             )
         finally:
             os.close(null)
@@ -124,6 +125,11 @@ def start(
     child.state_dir = str(plan.state_dir)
     child.veth = net.veth if net is not None else ""
     return child
+
+
+def _before_go(pid: int) -> None:
+    """Between the knot's spawn and its go byte (the knot waits on its go pipe)."""
+    failpoints.hit("broker.start.before_go")
 
 
 def remove_state_dir(path: Path) -> None:

@@ -35,6 +35,8 @@ ACTIONS = ("kill", "exit")
 POINTS: dict[str, str] = {
     "broker.start.after_sockets": "listening sockets bound; no cgroup, state dir or knot yet",
     "broker.start.after_cgroup": "cgroup parents made (a reused group limited); no knot yet",
+    "broker.start.before_go": "native init spawned, waiting on its go pipe; no description, "
+                              "no go byte",
     "broker.start.after_spawn": "knot forked and in its cgroup; its child record not written",
     "broker.start.after_record": "child record written; StartInstanceOk not sent",
     "broker.reap.after_wait": "knot reaped (waitpid or pidfd); record, cgroup, state dir kept",

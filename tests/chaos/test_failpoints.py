@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import select
 import signal
 import socket
 import time
@@ -55,6 +56,7 @@ NAMES = ("web.0", "web.1")
 TRIGGER = {
     "broker.start.after_sockets": "start",
     "broker.start.after_cgroup": "start",
+    "broker.start.before_go": "start",
     "broker.start.after_spawn": "start",
     "broker.start.after_record": "start",
     "broker.reap.after_wait": "exit",
@@ -241,3 +243,31 @@ def test_count_carries_across_reexec_and_a_fired_point_is_not_rearmed(
     assert lt.proc is not None and lt.proc.wait(60) == -signal.SIGKILL
     lt.start()
     tree.check({tree.names[0]: before[tree.names[0]]}, tree.names[1], None)
+
+
+def test_broker_killed_before_go_leaves_no_knot_waiting(chaos_tree: Lithos, monkeypatch) -> None:
+    """`broker.start.before_go`: the knot spawned but never got its go byte exits by itself
+    (EOF on its go pipe) before any broker is back; the next one cleans up the cut-short
+    start (cgroup, state dir, record) and starts every instance once."""
+    lt, tree = chaos_tree, Tree(chaos_tree)
+    monkeypatch.setenv(failpoints.ENV, "broker.start.before_go=kill")
+    lt.start(wait_ready=False)
+    monkeypatch.delenv(failpoints.ENV)
+    lt.wait_for(r"failpoint broker.start.before_go: kill", 60.0, 0)
+    assert lt.proc is not None and lt.proc.wait(60) == -signal.SIGKILL
+    waiting = [pid for pids in tree_knots(tree.storm.sandboxes).values() for pid in pids]
+    pidfds = []
+    for pid in waiting:
+        with contextlib.suppress(ProcessLookupError):
+            pidfds.append(os.pidfd_open(pid))
+    try:
+        for fd in pidfds:  # a pidfd is readable once its process has exited
+            assert select.select([fd], [], [], 60.0)[0], f"knots {waiting} still wait"
+    finally:
+        for fd in pidfds:
+            os.close(fd)
+    assert tree_knots(tree.storm.sandboxes) == {}
+    lt.start()  # a new log: its lines count from 0
+    assert lt.count(r"a start was cut short before its knot ran; cleaning up") == 1
+    tree.check({}, None, None)
+    assert lt.count(r"Forked ") == 3  # web.0, web.1, then web.0 again in check()

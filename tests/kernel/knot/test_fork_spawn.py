@@ -63,22 +63,6 @@ def test_the_spawners_fds_and_handlers_do_not_reach_the_container(fork_env, tmp_
     assert (tmp_path / "broker-only").read_bytes() == b""
 
 
-def test_before_setup_runs_before_the_knot_does_anything(fork_env):
-    seen = {}
-
-    def before_setup(pid: int) -> None:
-        seen["children"] = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-        seen["state_dir"] = os.path.exists(fork_env.state_root / "svc")
-
-    spec = fork_env.spec("echo ready >&3; exec sleep 1000",
-                         state_dir=str(fork_env.state_root / "svc"))
-    knot = fork_env.start(spec, events=True, before_setup=before_setup)
-    assert knot.read_event() == "ready"
-    os.kill(knot.pid, signal.SIGTERM)
-    assert knot.wait() == 0
-    assert seen == {"children": "", "state_dir": False}
-
-
 def test_a_knot_in_its_setup_is_named_and_recovered(fork_env, tmp_path):
     # The knot's setup blocks reading the sandbox's resolv.conf (a FIFO) until we
     # open it: meanwhile it is a forked knot mid-setup, as a re-exec'd broker may see.
@@ -108,11 +92,36 @@ def test_a_knot_in_its_setup_is_named_and_recovered(fork_env, tmp_path):
     assert knot.wait() == 0
 
 
-@pytest.mark.parametrize("fork", [True, False])
-def test_a_failing_before_setup_kills_the_knot(env, init_mode, fork):
-    if fork and init_mode != "native":
-        pytest.skip("a knot is forked only with the native pid 1")
-    env.fork = fork
+def _mode_env(env, init_mode, monkeypatch, mode: str):
+    """`env` starting its knots the `mode` way (knot.spawn.spawn_mode)."""
+    if mode != "exec" and init_mode != "native":
+        pytest.skip(f"{mode}: only with the native pid 1")
+    monkeypatch.delenv(spawn.SPAWN_ENV, raising=False)
+    env.fork = {"spawn": None, "fork": True, "exec": False}[mode]
+    return env
+
+
+# The spawned knot (knot.nativespawn) and the forked one wait on the same go pipe.
+@pytest.mark.parametrize("mode", ["spawn", "fork"])
+def test_before_setup_runs_before_the_knot_does_anything(env, init_mode, monkeypatch, mode):
+    env = _mode_env(env, init_mode, monkeypatch, mode)
+    seen = {}
+
+    def before_setup(pid: int) -> None:
+        seen["children"] = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+        seen["state_dir"] = os.path.exists(env.state_root / "svc")
+
+    spec = env.spec("echo ready >&3; exec sleep 1000", state_dir=str(env.state_root / "svc"))
+    knot = env.start(spec, events=True, before_setup=before_setup)
+    assert knot.read_event() == "ready"
+    os.kill(knot.pid, signal.SIGTERM)
+    assert knot.wait() == 0
+    assert seen == {"children": "", "state_dir": False}
+
+
+@pytest.mark.parametrize("mode", ["spawn", "fork", "exec"])
+def test_a_failing_before_setup_kills_the_knot(env, init_mode, monkeypatch, mode):
+    env = _mode_env(env, init_mode, monkeypatch, mode)
     pids = []
 
     def before_setup(pid: int) -> None:

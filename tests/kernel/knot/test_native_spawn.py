@@ -3,7 +3,8 @@
 posix_spawn starts init.c as pid 1 of the new pid namespace; the caller does the
 host-side setup and init.c the rest. As for the forked knot (test_fork_spawn.py):
 nothing of the spawner may reach the container (fds, ignored signals), before_setup
-comes before anything the knot does (T-51), and it is a knot from its first moment.
+comes before anything the knot does (T-51; tested for both in test_fork_spawn.py), and it
+is a knot from its first moment.
 """
 
 from __future__ import annotations
@@ -80,36 +81,6 @@ def test_nothing_of_the_spawner_reaches_the_container(spawn_env, tmp_path):
     assert "NSpid:" in status and status.split("NSpid:")[1].split()[1] == "1"
     os.kill(knot.pid, signal.SIGTERM)
     assert knot.wait() == 0
-
-
-def test_before_setup_runs_before_the_knot_does_anything(spawn_env):
-    seen = {}
-
-    def before_setup(pid: int) -> None:
-        seen["children"] = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-        seen["state_dir"] = os.path.exists(spawn_env.state_root / "svc")
-
-    spec = spawn_env.spec("echo ready >&3; exec sleep 1000",
-                          state_dir=str(spawn_env.state_root / "svc"))
-    knot = spawn_env.start(spec, events=True, before_setup=before_setup)
-    assert knot.read_event() == "ready"
-    os.kill(knot.pid, signal.SIGTERM)
-    assert knot.wait() == 0
-    assert seen == {"children": "", "state_dir": False}
-
-
-def test_a_failing_before_setup_kills_the_knot(spawn_env):
-    pids = []
-
-    def before_setup(pid: int) -> None:
-        pids.append(pid)
-        raise OSError(28, "No space left on device")
-
-    with pytest.raises(OSError, match="No space"):
-        spawn_env.start(spawn_env.spec("echo ran >&3"), events=True, before_setup=before_setup)
-    with pytest.raises(ChildProcessError):
-        os.waitpid(pids[0], os.WNOHANG)  # killed and reaped by spawn_knot
-    assert not os.path.exists(spawn_env.spec("").state_dir)
 
 
 def test_sigterm_during_setup_is_kept(spawn_env):                      # K-40
