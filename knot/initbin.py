@@ -20,7 +20,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import shutil
 import stat
 from pathlib import Path
 
@@ -82,7 +81,8 @@ def build(cache_dir: Path, path_env: str | None = None) -> tuple[Path | None, st
         return None, why
     if target.is_file():
         return target, ""
-    import subprocess  # only to compile: a broker whose binary is cached never loads them
+    import shutil  # only to compile: a broker whose binary is cached never loads them
+    import subprocess
     import tempfile
 
     cc = shutil.which("cc", path=path_env) or shutil.which("gcc", path=path_env)
