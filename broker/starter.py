@@ -20,7 +20,6 @@ import dataclasses
 import errno
 import logging
 import os
-import shutil
 from pathlib import Path
 
 from broker import netstart
@@ -134,6 +133,11 @@ def _before_go(pid: int) -> None:
 
 def remove_state_dir(path: Path) -> None:
     """E-30: the state dir goes with its container (a missing one is fine)."""
+    # Imported at the first stop, not with the broker: shutil brings bz2, lzma and zlib,
+    # about 0.3 MB of the broker's fixed memory (issue #10). The broker is root: it can
+    # always import.
+    import shutil
+
     try:
         shutil.rmtree(path)
     except FileNotFoundError:

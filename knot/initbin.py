@@ -29,7 +29,6 @@ import errno
 import functools
 import logging
 import os
-import shutil
 import stat
 from pathlib import Path
 
@@ -106,7 +105,8 @@ def build(cache_dir: Path, path_env: str | None = None,
         return None, why
     if target.is_file():
         return target, ""
-    import subprocess  # only to compile: a broker whose binary is cached never loads them
+    import shutil  # only to compile: a broker whose binary is cached never loads them
+    import subprocess
     import tempfile
 
     found = [cc for cc in (shutil.which(name, path=path_env) for name in COMPILERS) if cc]
