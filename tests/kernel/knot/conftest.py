@@ -241,3 +241,19 @@ def env(tmp_path: Path, devfs: Path, tmp_path_factory: pytest.TempPathFactory,
             shutil.rmtree(knot.spec.state_dir, ignore_errors=True)
         shutil.rmtree(tmp_path, ignore_errors=True)
         assert _mountinfo(base) == before, "a knot test left a mount on the host"
+
+
+@pytest.fixture
+def start(env: Env, init_mode: str, native_init_binary: Path) -> Any:
+    """start(mode, spec, **Env.start's keywords): a knot started the way `mode` says
+    ("spawn": the native init posix_spawned, "fork": forked, "python": the Python pid 1);
+    for tests that run every mode themselves (they run once, under the native init mode)."""
+    if init_mode != "native":
+        pytest.skip("runs every mode itself")
+
+    def start_in(mode: str, spec: KnotSpec, **kw: Any) -> Knot:
+        env.native_init = None if mode == "python" else native_init_binary
+        env.fork = {"spawn": None, "fork": True, "python": False}[mode]
+        return env.start(spec, **kw)
+
+    return start_in

@@ -60,19 +60,6 @@ def cg() -> Iterator[Slice]:
                 top.rmdir()
 
 
-@pytest.fixture
-def start(env, init_mode, native_init_binary):
-    if init_mode != "native":
-        pytest.skip("runs every mode itself")
-
-    def start_in(mode: str, spec, **kw):
-        env.native_init = None if mode == "python" else native_init_binary
-        env.fork = {"spawn": None, "fork": True, "python": False}[mode]
-        return env.start(spec, **kw)
-
-    return start_in
-
-
 def _with_group(spec, handle: cgroups.CgroupHandle, work: LeafWork, *extra: CgroupWrite):
     return dataclasses.replace(spec, cgroup_procs=handle.procs_files, cgroup_dirs=work.dirs,
                                cgroup_writes=(*(CgroupWrite(*w) for w in work.writes), *extra))

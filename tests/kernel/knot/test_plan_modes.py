@@ -23,20 +23,6 @@ pytestmark = requires_root
 MODES = ("spawn", "fork", "python")
 
 
-@pytest.fixture
-def start(env, init_mode, native_init_binary):
-    """start(mode, spec, **Env.start's keywords): a knot started the way `mode` says."""
-    if init_mode != "native":
-        pytest.skip("runs every mode itself")
-
-    def start_in(mode: str, spec, **kw):
-        env.native_init = None if mode == "python" else native_init_binary
-        env.fork = {"spawn": None, "fork": True, "python": False}[mode]
-        return env.start(spec, **kw)
-
-    return start_in
-
-
 def _mounts(lines: list[str]) -> list[str]:
     """mountinfo without the ids and device numbers (new for every tmpfs, proc...)."""
     return [" ".join(line.split()[3:]) for line in lines]
