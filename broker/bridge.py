@@ -25,7 +25,6 @@ import select
 import socket
 import subprocess
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -42,6 +41,7 @@ from broker.netns import (
     inside_netns,
     return_to_netns,
 )
+from protocol.structs import dataclass
 
 __all__ = [
     "NetworkError",

@@ -20,7 +20,8 @@ import enum
 import errno
 import os
 import re
-from dataclasses import dataclass
+
+from protocol.structs import dataclass
 
 # 1.1: `cgroup-controllers: []` means this list.
 DEFAULT_CONTROLLERS: tuple[str, ...] = ("name", "cpu", "cpuacct", "memory", "blkio")
@@ -75,6 +76,8 @@ class Hierarchy:
 
 @dataclass(frozen=True, slots=True)
 class Detected:
+    """The host's cgroup layout for the controllers the master config asks for."""
+
     version: Version
     controllers: tuple[str, ...]  # the requested names (1.1 spelling)
     hierarchies: tuple[Hierarchy, ...]  # one per distinct hierarchy, in request order

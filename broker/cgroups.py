@@ -23,7 +23,6 @@ import errno
 import logging
 import os
 import re
-from dataclasses import dataclass
 
 from broker.cgroup_detect import (
     DEFAULT_CONTROLLERS,
@@ -33,6 +32,7 @@ from broker.cgroup_detect import (
     errname,
     read_proc,
 )
+from protocol.structs import dataclass
 
 __all__ = [
     "DEFAULT_CONTROLLERS",

@@ -25,8 +25,10 @@ import logging
 import os
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
+
+from protocol.structs import dataclass
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -33,6 +32,7 @@ from protocol.config import (
 )
 from protocol.errors import Denied
 from protocol.records import DenyCode
+from protocol.structs import dataclass
 
 T = TypeVar("T")
 _Key = tuple[int, int, int, int]
@@ -49,6 +49,8 @@ def _identity(path: Path) -> _Key | None:
 
 @dataclass(slots=True)
 class _Entry:
+    """One cached load: the (dev, ino, size, mtime) it read (None: unknown), its result."""
+
     key: _Key | None
     value: object
 

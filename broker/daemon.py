@@ -15,11 +15,11 @@ import pwd
 import signal
 import socket
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 from protocol import failpoints
 from protocol.config import MasterConfig
+from protocol.structs import dataclass
 
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_NO_NEW_PRIVS = 38

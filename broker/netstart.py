@@ -21,12 +21,13 @@ import errno
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from broker.netns import THREAD_NETNS, NetworkError, inside_netns, return_to_netns
 from broker.policy import NetPlan, PortRequest
 from knot import linux
 from knot.ports import open_listening_socket
+from protocol.structs import dataclass
 
 __all__ = ["ContainerNet", "NetworkError", "discard", "prepare", "remove_host_veth"]
 

@@ -10,10 +10,10 @@ protocol only.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
 
 from protocol.channel import Channel
 from protocol.records import Role
+from protocol.structs import dataclass
 
 
 class Phase(enum.Enum):

@@ -15,7 +15,6 @@ s6-fdholderd's order: shape, then policy, then conflicts. Rules:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from knot import spec as ks
@@ -42,6 +41,7 @@ from protocol.errors import Denied
 from protocol.names import InstanceName, parse_instance_name
 from protocol.records import DenyCode
 from protocol.secrets import allowed_namespaces
+from protocol.structs import dataclass
 
 
 @dataclass(frozen=True, slots=True)

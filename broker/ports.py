@@ -25,8 +25,9 @@ import os
 import socket
 import stat
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any, TypeVar
+
+from protocol.structs import dataclass
 
 log = logging.getLogger(__name__)
 

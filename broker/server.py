@@ -25,7 +25,7 @@ import socket
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,7 @@ from protocol.records import (
     ResourceUsage,
     Role,
 )
+from protocol.structs import dataclass
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,8 @@ ALLOWED_SIGNALS = frozenset(
 
 @dataclass(frozen=True, slots=True)
 class Handler:
+    """How one request kind is served: who may send it, and when."""
+
     roles: frozenset[Role]
     phases: frozenset[Phase]
     run: Callable[[Broker, Peer, Any], m.Message]
@@ -81,6 +84,8 @@ class Handler:
 
 @dataclass(slots=True)
 class Options:
+    """The broker's settings: from its command line, and when it started."""
+
     master_path: Path
     supervisor_account: Account
     supervisor_args: list[str] = field(default_factory=list)

@@ -9,7 +9,6 @@ error beside them (spec decision 4); time is an argument.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 
 from broker.children import Child
 from broker.configs import ConfigCache
@@ -23,6 +22,7 @@ from protocol.records import (
     ProcessStatus,
     SandboxStatus,
 )
+from protocol.structs import dataclass
 
 MAX_ERROR_CHARS = 4000
 

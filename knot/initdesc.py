@@ -19,12 +19,12 @@ DescriptionError naming the field.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 from knot.plan import ARGS, CHECKS, Op
 from knot.spec import IdMap, Kind, KnotSpec
 from protocol.sandboxlog import Writer
 from protocol.stdiolog import command_text, rust_quote, seconds_text
+from protocol.structs import dataclass
 
 MAGIC = "lithos-init/3"
 MAX_LIST = 65536
@@ -37,6 +37,8 @@ class DescriptionError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class InitDescription:
+    """What the native pid 1 (init.c) is told about its one service."""
+
     name: str
     quoted_name: str          # rust_quote(name)
     command_text: str         # command_text([executable, *argv[1:]])

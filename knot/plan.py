@@ -25,7 +25,6 @@ import os
 import resource
 import stat
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import NoReturn, TypeVar
 
 from knot import linux, setup
@@ -42,6 +41,7 @@ from knot.linux import (
     MS_REMOUNT,
 )
 from knot.spec import KnotSpec, Volume, VolumeKind
+from protocol.structs import dataclass
 
 T = TypeVar("T")
 
@@ -72,6 +72,8 @@ CHECKS = ("dir", "reg", "isdir")
 
 @dataclass(frozen=True, slots=True)
 class Op:
+    """One step of the knot's setup plan; `label` and `key` word its error line."""
+
     op: str
     label: str
     key: str

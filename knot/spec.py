@@ -16,8 +16,10 @@ from __future__ import annotations
 import enum
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, fields
 from typing import Any, TypeVar
+
+from protocol.structs import dataclass
 
 T = TypeVar("T")
 E = TypeVar("E", bound=enum.Enum)
@@ -61,6 +63,8 @@ class Volume:
 
 @dataclass(frozen=True, slots=True)
 class IdMap:
+    """One line of a uid_map or gid_map: `inside outside count`."""
+
     inside: int
     outside: int
     count: int

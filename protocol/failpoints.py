@@ -26,7 +26,8 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import MutableMapping
-from dataclasses import dataclass
+
+from protocol.structs import dataclass
 
 ENV = "LITHOS_FAILPOINTS"
 EXIT_CODE = 86
@@ -57,6 +58,8 @@ class FailpointError(ValueError):
 
 @dataclass(slots=True)
 class _Armed:
+    """One armed failpoint: its action and hits left before it fires."""
+
     action: str
     count: int  # fires when this reaches 1 at a hit
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import enum
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 from protocol.loghandlers import (
@@ -33,6 +32,7 @@ from protocol.loghandlers import (
 )
 from protocol.sandboxlog import level_name, rfc3339_seconds
 from protocol.sandboxlog import syslog_address as default_syslog_address
+from protocol.structs import dataclass
 
 TRACE = 5
 """Level number of `trace`, below logging.DEBUG (10)."""

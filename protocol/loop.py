@@ -21,8 +21,10 @@ import selectors
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import field
 from types import FrameType
+
+from protocol.structs import dataclass
 
 Callback = Callable[[], None]
 SignalCallback = Callable[[int], None]

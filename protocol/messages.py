@@ -13,7 +13,6 @@ a port or a limit. Pure: imports only protocol.records; no I/O.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
 from signal import Signals
 from typing import ClassVar
 
@@ -36,6 +35,7 @@ from protocol.records import (
     check_text,
     check_unique,
 )
+from protocol.structs import dataclass
 
 PROTOCOL_VERSION = 1
 

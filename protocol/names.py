@@ -10,7 +10,8 @@ a decimal index below 1000000 and no leading zero, e.g. `web/django.3`. Pure.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+
+from protocol.structs import dataclass
 
 MAX_NAME_CHARS = 64
 NAME_PATTERN = rf"[A-Za-z0-9_-]{{1,{MAX_NAME_CHARS}}}"
@@ -27,6 +28,8 @@ def is_name(text: str) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class InstanceName:
+    """An instance's name in parts: `web/django.1` is (web, django, 1)."""
+
     sandbox: str
     process: str
     index: int

@@ -13,10 +13,10 @@ from __future__ import annotations
 import enum
 import math
 import re
-from dataclasses import dataclass
 from typing import NewType
 
 from protocol.names import NAME_RULE, is_name, parse_instance_name
+from protocol.structs import dataclass
 
 Pid = NewType("Pid", int)
 

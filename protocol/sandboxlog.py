@@ -27,8 +27,9 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
+
+from protocol.structs import dataclass
 
 ERROR, WARN, INFO, DEBUG, TRACE = 40, 30, 20, 10, 5
 """The logging module's level numbers (TRACE is lithos's 5)."""

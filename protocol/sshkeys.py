@@ -20,7 +20,9 @@ from __future__ import annotations
 import binascii
 import re
 import struct
-from dataclasses import dataclass, field
+from dataclasses import field
+
+from protocol.structs import dataclass
 
 ED25519 = "ssh-ed25519"
 BEGIN_OPENSSH = "-----BEGIN OPENSSH PRIVATE KEY-----"

@@ -23,7 +23,7 @@ import shutil
 import stat
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -37,6 +37,7 @@ from protocol.config import (
     load_sandbox,
     process_config_path,
 )
+from protocol.structs import dataclass
 from supervisor.cleanhistory import LogLine, parse_duration, parse_line, select, versions
 
 VERSION = "lithos_clean (lithos 0.1.0, Lithos v0.18.4 compatible)"
@@ -89,6 +90,8 @@ def _parser() -> argparse.ArgumentParser:
 
 @dataclass(slots=True)
 class ImageDir:
+    """What lithos_clean found of one image dir: its levels, auto-clean flags, errors."""
+
     levels: set[int] = field(default_factory=set)
     auto_clean: set[bool] = field(default_factory=set)
     errors: list[str] = field(default_factory=list)
@@ -96,6 +99,8 @@ class ImageDir:
 
 @dataclass(slots=True)
 class Survey:
+    """lithos_clean's look at the host: images in use, image dirs, unused logs."""
+
     used: set[Path] = field(default_factory=set)
     dirs: dict[Path, ImageDir] = field(default_factory=dict)
     unused_logs: list[Path] = field(default_factory=list)

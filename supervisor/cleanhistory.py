@@ -13,14 +13,17 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import datetime
+
+from protocol.structs import dataclass
 
 BROKEN = "<broken>"
 
 
 @dataclass(frozen=True, slots=True)
 class LogLine:
+    """One line of a config log: where it is, its time and the images it names."""
+
     file_index: int  # 0: <sandbox>.log, n: <sandbox>.log.n
     line_no: int  # 1-based
     time: float | None  # None: broken line

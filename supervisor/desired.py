@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 
 from protocol.config import (
     ConfigError,
@@ -33,6 +32,7 @@ from protocol.config import (
     read_in_image,
 )
 from protocol.fingerprint import fingerprint
+from protocol.structs import dataclass
 from supervisor.events import InstanceSpec
 from supervisor.plan import ConfigFailure, DesiredInstance
 
@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class Desired:
+    """What the configs want now: the instances to run, and what failed to load."""
+
     instances: dict[str, DesiredInstance]
     failures: list[ConfigFailure]
     sandboxes: int  # sandbox configs that loaded (master.sandboxes metric)

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import enum
 import signal
-from dataclasses import dataclass
 from typing import NewType
+
+from protocol.structs import dataclass
 
 Pid = NewType("Pid", int)
 

@@ -20,9 +20,10 @@ from __future__ import annotations
 import enum
 import logging
 import signal as _signal
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import NoReturn, assert_never
 
+from protocol.structs import dataclass
 from supervisor import vocabulary as v
 from supervisor.events import (
     Action,

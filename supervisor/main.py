@@ -16,7 +16,6 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from protocol import failpoints
 from protocol import messages as m
@@ -27,6 +26,7 @@ from protocol.logs import resolve_level, setup_logging
 from protocol.loop import Loop
 from protocol.records import Pid as RecordPid
 from protocol.records import Role
+from protocol.structs import dataclass
 from supervisor import plan as pl
 from supervisor.desired import load_desired
 from supervisor.events import (
@@ -276,6 +276,8 @@ class UsageError(Exception):
 
 @dataclass(slots=True)
 class Args:
+    """The supervisor's command line, as broker/daemon.py builds it."""
+
     config: str
     fd: int
     user: str | None = None

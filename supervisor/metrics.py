@@ -27,9 +27,9 @@ import enum
 import json
 import struct
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 
 from protocol.names import parse_instance_name
+from protocol.structs import dataclass
 from supervisor.events import Spawn
 from supervisor.lifecycle import Instance, State, Transition
 
@@ -53,11 +53,15 @@ class Counts:
 
 @dataclass
 class ContainerCounts(Counts):
+    """Counts for all containers, plus those of unknown (unconfigured) entries."""
+
     unknown: int = 0
 
 
 @dataclass
 class MasterCounts:
+    """The `master.*` metrics of the manual."""
+
     restarts: int = 0
     sandboxes: int = 0
     containers: int = 0
@@ -66,6 +70,8 @@ class MasterCounts:
 
 @dataclass(frozen=True, slots=True)
 class Sample:
+    """One metric's value at a publish."""
+
     group: str  # "master", "containers", "processes.web.django"
     metric: str
     kind: Kind

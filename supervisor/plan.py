@@ -24,9 +24,9 @@ import json
 import signal
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 
 from protocol.names import InstanceName, parse_instance_name
+from protocol.structs import dataclass
 from supervisor.events import (
     Action,
     Adopted,
@@ -93,6 +93,8 @@ class MissedExit:
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
+    """What the broker reports at (re)connect: its live knots, exits it reaped alone."""
+
     children: tuple[Child, ...] = ()
     missed_exits: tuple[MissedExit, ...] = ()
 
@@ -120,6 +122,8 @@ class Step:
 
 @dataclass(frozen=True, slots=True)
 class Reconciliation:
+    """What one reconcile() decided: the new table and how it got there."""
+
     instances: dict[str, Instance]  # the new table, without retired STOPPED ones
     steps: tuple[Step, ...]  # for logs (transition.log) and metrics.record
     actions: tuple[Action, ...]  # the machines' actions, plus SIGTERMs to strays

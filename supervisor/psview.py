@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import field, fields
+
+from protocol.structs import dataclass
 
 RED, BLUE, GREEN = "31", "34", "32"
 CLEAR_SCREEN = "\x1b[2J\x1b[;H"
@@ -35,6 +37,8 @@ class Proc:
 
 @dataclass(slots=True)
 class Totals:
+    """Sums over a group of processes, for lithos_ps's totals line."""
+
     processes: int = 0
     threads: int = 0
     mem_rss: int = 0
@@ -104,6 +108,8 @@ class InstanceView:
 
 @dataclass(frozen=True, slots=True)
 class TreeView:
+    """One tree for lithos_ps: its pid, master config, and instances."""
+
     pid: int
     config: str
     instances: tuple[InstanceView, ...]
@@ -112,6 +118,8 @@ class TreeView:
 
 @dataclass(slots=True)
 class Node:
+    """One line of lithos_ps's tree and the lines under it."""
+
     head: str
     children: list[Node] = field(default_factory=list)
 

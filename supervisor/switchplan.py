@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 
 from protocol import messages as m
@@ -28,6 +28,7 @@ from protocol.config import (
 )
 from protocol.digest import sha256
 from protocol.records import ChildState
+from protocol.structs import dataclass
 from supervisor import desired
 from supervisor.events import InstanceSpec, Pid
 from supervisor.lifecycle import Instance, State
@@ -38,6 +39,8 @@ UNKNOWN = InstanceSpec("unknown")
 
 @dataclass(frozen=True, slots=True)
 class SwitchPlan:
+    """What lithos_switch will change, and which instances it waits for."""
+
     changes: list[PlannedChange]
     wanted: frozenset[str]  # instances that must run after the switch
     fresh: frozenset[str]  # of those, the ones that must be (re)started

@@ -13,8 +13,8 @@ Shapes:
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
+from protocol.structs import dataclass
 from supervisor.events import ExitStatus, Outcome
 
 TRANSITION = "%s: %s -> %s (%s)"

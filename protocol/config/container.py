@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from protocol.structs import dataclass
 
 from .idranges import U32_MAX
 from .process import Kind, p_kind

@@ -9,7 +9,8 @@ Imports nothing of ours.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+
+from protocol.structs import dataclass
 
 __all__ = ["ConfigError", "Problem", "show_value"]
 

@@ -7,7 +7,8 @@ pairs. Pure; imports nothing of ours.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+
+from protocol.structs import dataclass
 
 __all__ = ["IdRanges"]
 

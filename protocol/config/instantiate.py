@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import MappingProxyType
+
+from protocol.structs import dataclass
 
 from .container import ContainerConfig, TcpPortConfig
 from .errors import ConfigError, Problem

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import enum
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 from yaml.nodes import Node
+
+from protocol.structs import dataclass
 
 from .errors import ConfigError, Problem
 from .reader import Ctx, MapReader, optional, p_list, p_str, run_parse

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from types import MappingProxyType
 
 from yaml.nodes import Node
+
+from protocol.structs import dataclass
 
 from ..names import NAME_RULE, is_name
 from .errors import Problem

@@ -12,10 +12,9 @@ with PyYAML.
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 from typing import TypeVar
 
@@ -194,9 +193,35 @@ class MapReader:
                 self.ctx.error(join(self.key, text), knode,
                                f"is the same key as {by_field[field]!r}; give it only once", "")
                 continue
-            close = difflib.get_close_matches(text.replace("_", "-"), self.known, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            close = closest(text.replace("_", "-"), self.known)
+            hint = f" (did you mean {close!r}?)" if close else ""
             self.ctx.error(join(self.key, text), knode, "is not a known key" + hint, "")
+
+
+def closest(word: str, known: Iterable[str]) -> str | None:
+    """The known key nearest to `word` if it looks like a typo of it: at most a third
+    of the longer one's letters edited (Levenshtein); the first of equals wins.
+
+    Not difflib: it would stay in both daemons' memory for this error path, and the
+    supervisor, past its privilege drop, may not be able to import it then.
+    """
+    best: str | None = None
+    best_edits = 0
+    for key in known:
+        edits = _edits(word, key)
+        if 3 * edits <= max(len(word), len(key)) and (best is None or edits < best_edits):
+            best, best_edits = key, edits
+    return best
+
+
+def _edits(a: str, b: str) -> int:
+    """Levenshtein distance: inserts, deletions and substitutions from a to b."""
+    row = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        diagonal, row[0] = row[0], i
+        for j, cb in enumerate(b, 1):
+            diagonal, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, diagonal + (ca != cb))
+    return row[-1]
 
 
 def run_parse(data: bytes, file: str, build: Callable[[Ctx, Node | None], T]) -> T:

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
 from yaml.nodes import Node
+
+from protocol.structs import dataclass
 
 from ..names import NAME_RULE, is_name
 from .idranges import IdRanges

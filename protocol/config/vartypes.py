@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import enum
 import re
-from dataclasses import dataclass
 
 from yaml.nodes import MappingNode, Node, ScalarNode
+
+from protocol.structs import dataclass
 
 from .reader import Ctx, MapReader, is_implicit_null, p_list, p_str, untag
 

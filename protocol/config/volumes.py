@@ -9,9 +9,10 @@ writable-paths. Pure.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 from yaml.nodes import Node, ScalarNode
+
+from protocol.structs import dataclass
 
 from .reader import (
     Ctx,

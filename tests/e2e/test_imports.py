@@ -43,6 +43,10 @@ NEVER_IN_EITHER = (
     "_hashlib",  # hashlib: OpenSSL's libcrypto mapped (protocol/digest.py instead)
     "nacl",  # secrets only (protocol/secrets.py imports it where it decrypts)
     "cryptography",
+    "ast",  # inspect's, which dataclasses imports for dataclasses without a docstring
+    "dis",  # (protocol/lazy.py defers inspect; tests/unit/protocol/test_lazy.py)
+    "difflib",  # protocol/config/reader.py, for a bad config's "did you mean"
+    "platform",
 )
 NEVER_IN_SUPERVISOR = (
     "argparse",  # supervisor/main.py parses the broker's five options by hand

@@ -14,6 +14,7 @@ from protocol.config import (
     parse_processes,
     parse_sandbox,
 )
+from protocol.config.reader import closest
 
 F = "/cfg/file.yaml"
 EXE = "executable: /bin/x\n"
@@ -178,3 +179,17 @@ def test_problem_str_shape() -> None:
     assert str(err.value) == f"{F}: web.instances: -1 must be at least 0 [line 1, column 40]"
     [p] = err.value.problems
     assert (p.line, p.column) == (1, 40)
+
+
+@pytest.mark.parametrize(("word", "expected"), [
+    ("sandbox-dir", "sandboxes-dir"),
+    ("sise", "size"),
+    ("instance", "instances"),
+    ("memory-limt", "memory-limit"),
+    ("volumes", "volumes"),
+    ("xyz", None),  # nothing near
+    ("fileno", None),  # 3 of 6 letters differ: not a typo of `size`
+])
+def test_did_you_mean_picks_a_near_key(word: str, expected: str | None) -> None:
+    known = ["sandboxes-dir", "size", "instances", "memory-limit", "volumes", "mode"]
+    assert closest(word, known) == expected

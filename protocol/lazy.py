@@ -1,0 +1,53 @@
+"""Standard modules the daemons import but never use, loaded only if something does.
+
+The broker and the supervisor live as long as the host, and every module they import
+stays in their memory (issue #10: broker + supervisor <= 25 MB PSS). `dataclasses`
+imports `inspect` (which imports `ast`, `dis`, `tokenize`...: about 1.3 MB per
+process) for one call: `inspect.signature` to write the docstring of a dataclass
+that has none. Ours all have one (tests/unit/test_lazy.py checks), so `inspect` is
+never used, and `defer("inspect")` before the first `import dataclasses` keeps it
+unloaded: the name is bound to a module object that loads the real module the first
+time one of its attributes is read. Anything that does use it still gets the whole
+module, a little later: the only change is when.
+
+Rules: call defer() first thing in a daemon's package (`broker/__init__.py`,
+`supervisor/__init__.py`), before anything imports the module; a module already
+imported is left as it is. Only modules whose import has no side effect we rely on.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import types
+
+
+class _Deferred(types.ModuleType):
+    """Stands in sys.modules for a module until one of its attributes is read.
+
+    Not importlib.util.LazyLoader: its module loads on any attribute, and a plain
+    `import inspect` of a module already in sys.modules reads `__spec__` (CPython
+    checks whether it is still initializing), so it would load at once. Here the
+    dunders the import system reads are real attributes; only a missing one loads.
+    """
+
+    def __getattr__(self, attr: str) -> object:
+        # As the import system would have: this same object, already in sys.modules,
+        # becomes the module (so every holder of it sees one module), then reads on.
+        spec = self.__spec__
+        assert spec is not None and spec.loader is not None  # set by defer()
+        self.__class__ = types.ModuleType  # type: ignore[assignment]  # no more stand-in
+        spec.loader.exec_module(self)
+        return getattr(self, attr)
+
+
+def defer(name: str) -> None:
+    """Puts a stand-in for `name` in sys.modules that imports it on first use."""
+    if name in sys.modules:
+        return
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.loader is None:
+        return  # not installed: a later import raises as it would have
+    stand_in = importlib.util.module_from_spec(spec)  # __file__, __loader__... as usual
+    stand_in.__class__ = _Deferred
+    sys.modules[name] = stand_in
