@@ -12,6 +12,7 @@ made (named after the harness's pid) are removed.
 
 from __future__ import annotations
 
+import compileall
 import contextlib
 import os
 import select
@@ -24,6 +25,7 @@ from bench.contenders import Contender
 from bench.env import PAYLOAD_FIFO, BenchEnv, BenchError, children, rollup_kb
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _cmdline(pid: int) -> str:
@@ -68,6 +70,11 @@ class LithosTree(Contender):
         path, why = initbin.build(self.init_cache)
         if path is None:
             raise BenchError(f"lithos tree: native pid 1: {why}")
+        # Byte-compiled, as `pip install` leaves lithos: the supervisor runs as nobody and
+        # cannot write __pycache__, and each module compiled from source at every start
+        # leaves its daemon about 1 MB bigger (BENCHMARKS.md, "Broker and supervisor memory").
+        for package in ("broker", "supervisor", "knot", "protocol"):
+            compileall.compile_dir(REPO / package, quiet=1)
         os.chmod(e.tmp, 0o755)  # the supervisor runs as nobody and reads the configs
         for d in ("sandboxes", "processes", "ready", "log"):
             (self.root / d).mkdir(parents=True)
