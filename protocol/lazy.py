@@ -12,7 +12,9 @@ module, a little later: the only change is when.
 
 Rules: call defer() first thing in a daemon's package (`broker/__init__.py`,
 `supervisor/__init__.py`), before anything imports the module; a module already
-imported is left as it is. Only modules whose import has no side effect we rely on.
+imported is left as it is. Defer only modules the daemons never use: one first used
+after the supervisor's privilege drop is imported as its account, and where the
+interpreter is readable by root only (/root/.pyenv here) that import fails.
 """
 
 from __future__ import annotations
