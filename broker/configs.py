@@ -14,7 +14,6 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 from protocol.config import (
     ConfigError,
@@ -34,7 +33,11 @@ from protocol.errors import Denied
 from protocol.records import DenyCode
 from protocol.structs import dataclass
 
-T = TypeVar("T")
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import TypeVar
+    T = TypeVar("T")
+
 _Key = tuple[int, int, int, int]
 RACY_NS = 1_000_000_000
 

@@ -17,7 +17,6 @@ import logging
 import os
 import signal
 import time
-from typing import TYPE_CHECKING
 
 from broker import shutdown, starter, supervision
 from broker.children import Child
@@ -28,6 +27,7 @@ from protocol import messages as m
 from protocol.errors import ChannelClosed
 from protocol.records import LastExit, Pid, ResourceUsage
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from broker.server import Broker
 

@@ -25,14 +25,17 @@ import os
 import socket
 import stat
 from collections.abc import Iterable, Mapping
-from typing import Any, TypeVar
 
 from protocol.structs import dataclass
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, TypeVar
+    _Key = TypeVar("_Key")
 
 log = logging.getLogger(__name__)
 
 EXPORT_VERSION = 1
-_Key = TypeVar("_Key")
 
 
 class PortError(Exception):

@@ -13,12 +13,12 @@ import contextlib
 import datetime
 import logging
 import os
-from typing import TYPE_CHECKING
 
 from protocol.config import ConfigError, process_config_log_json
 from protocol.configlog import append_config_log
 from protocol.errors import Denied
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from broker.server import Broker
 

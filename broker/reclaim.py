@@ -19,10 +19,13 @@ import logging
 import os
 import socket
 from collections.abc import Iterable
-from typing import Any
 
 from broker.children import Child
 from broker.ports import EXPORT_VERSION, Address, PortError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 log = logging.getLogger(__name__)
 

@@ -14,13 +14,13 @@ either way a socket no live instance uses is closed (T-12).
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
 from broker import exits, starter
 from broker.cgroups import CgroupError, CgroupLayout
 from broker.ports import PortTable
 from broker.reclaim import reclaim
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from broker.server import Broker
 

@@ -22,12 +22,14 @@ import os
 import signal
 import sys
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any, NoReturn
 
 from broker import supervision
 from protocol import failpoints
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any, NoReturn
+
     from broker.server import Broker
 
 log = logging.getLogger(__name__)

@@ -27,7 +27,6 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import field
 from pathlib import Path
-from typing import Any
 
 from broker import exits, published, recovery, starter, supervision
 from broker.cgroups import CgroupLayout, instance_group
@@ -58,6 +57,10 @@ from protocol.records import (
     Role,
 )
 from protocol.structs import dataclass
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 log = logging.getLogger(__name__)
 

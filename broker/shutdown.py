@@ -15,8 +15,8 @@ import contextlib
 import logging
 import os
 import signal
-from typing import TYPE_CHECKING
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from broker.server import Broker
 

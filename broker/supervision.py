@@ -25,7 +25,6 @@ import select
 import signal
 import socket
 import time
-from typing import TYPE_CHECKING
 
 from broker import published, shutdown
 from broker.daemon import spawn_supervisor
@@ -34,6 +33,7 @@ from broker.peers import Peer
 from protocol.channel import Channel
 from protocol.records import Role
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from broker.server import Broker
 

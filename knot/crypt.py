@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import errno
 import sys
-from typing import NoReturn
 
 from protocol.secrets import (
     NAMESPACE_RE,
@@ -23,6 +22,10 @@ from protocol.secrets import (
     key_hash,
 )
 from protocol.sshkeys import KeyFormatError, parse_private_keys, parse_public_key
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import NoReturn
 
 EXIT_OK = 0
 EXIT_ERROR = 1

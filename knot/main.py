@@ -31,14 +31,16 @@ import functools
 import os
 import signal
 from collections.abc import Callable
-from typing import NoReturn, TypeVar
 
 from knot import initdesc, plan, service, setup
 from knot.exitcodes import EXIT_SETUP_FAILED
 from knot.spec import KnotSpec, SpecError
 from protocol import sandboxlog
 
-T = TypeVar("T")
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import NoReturn, TypeVar
+    T = TypeVar("T")
 
 
 def fail(name: str, text: str) -> NoReturn:

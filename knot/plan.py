@@ -25,7 +25,6 @@ import os
 import resource
 import stat
 from collections.abc import Callable
-from typing import NoReturn, TypeVar
 
 from knot import linux, setup
 from knot.linux import (
@@ -43,7 +42,11 @@ from knot.linux import (
 from knot.spec import KnotSpec, Volume, VolumeKind
 from protocol.structs import dataclass
 
-T = TypeVar("T")
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import NoReturn, TypeVar
+    T = TypeVar("T")
+
 
 # op name -> its arguments (strings; "" is NULL for mount's source, fstype and data):
 #   fail        detail                      the step's line, decided on the host

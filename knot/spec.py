@@ -17,12 +17,14 @@ import enum
 import json
 from collections.abc import Callable
 from dataclasses import asdict, fields
-from typing import Any, TypeVar
 
 from protocol.structs import dataclass
 
-T = TypeVar("T")
-E = TypeVar("E", bound=enum.Enum)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, TypeVar
+    T = TypeVar("T")
+    E = TypeVar("E", bound=enum.Enum)
 
 
 class SpecError(ValueError):

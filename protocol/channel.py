@@ -17,12 +17,12 @@ import socket
 import struct
 from collections.abc import Sequence
 from types import TracebackType
-from typing import NamedTuple
 
 from protocol.codec import MAX_FDS, Decoder, encode
 from protocol.errors import ChannelClosed, ProtocolViolation
 from protocol.fds import OwnedFd, close_all
 from protocol.messages import Message
+from protocol.structs import dataclass
 
 _INT = array.array("i").itemsize
 # Exactly MAX_FDS ints: one fd more than any message takes sets MSG_CTRUNC.
@@ -34,7 +34,8 @@ _SO_SNDBUFFORCE = 32  # <asm-generic/socket.h>; not exported by the socket modul
 _KEEP_RESIDENT_BYTES = 64 * 1024
 
 
-class Received(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class Received:
     """One message received; the caller owns (and must close or pass on) the fds."""
 
     message: Message
@@ -46,7 +47,8 @@ class Received(NamedTuple):
         close_all(self.fds)
 
 
-class PeerCredentials(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class PeerCredentials:
     """SO_PEERCRED: the peer's pid, uid and gid when it connected (socketpair: created)."""
 
     pid: int

@@ -16,15 +16,22 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
+import sys
 import types
-import typing
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
 
 import msgpack  # type: ignore[import-untyped,unused-ignore]  # no stubs published
 
 from protocol.errors import ProtocolViolation
 from protocol.messages import MESSAGE_TYPES, Kind, Message
+from protocol.structs import dataclass
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    ToWire = Callable[[Any], Any]
+    FromWire = Callable[[Any], Any]
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024
 DEFAULT_MAX_LARGE_MESSAGE_BYTES = 1024 * 1024  # Snapshot, StatusTree, PlanSwitch...
@@ -35,7 +42,8 @@ MAX_FDS = max(cls.FDS for cls in MESSAGE_TYPES)
 REGISTRY: dict[str, type[Message]] = {cls.__name__: cls for cls in MESSAGE_TYPES}
 
 
-class Frame(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class Frame:
     """One decoded datagram: the message, its request id, the fds that came with it."""
 
     message: Message
@@ -44,9 +52,6 @@ class Frame(NamedTuple):
 
 
 # --- the schema, compiled once from the dataclasses' type hints ----------------------
-
-ToWire = Callable[[Any], Any]
-FromWire = Callable[[Any], Any]
 
 
 def _kind(value: object) -> str:
@@ -151,8 +156,7 @@ def _sequence(inner: tuple[ToWire, FromWire]) -> tuple[ToWire, FromWire]:
 
 def _record(cls: type) -> tuple[ToWire, FromWire]:
     """A dataclass: a map with exactly its field names, in any order."""
-    hints = typing.get_type_hints(cls)
-    fields = [(f.name, _compile(hints[f.name])) for f in dataclasses.fields(cls)]
+    fields = [(f.name, _compile(_hint(cls, f.name))) for f in dataclasses.fields(cls)]
     from_wire_of = {name: conv[1] for name, conv in fields}
     expected = ", ".join(from_wire_of) or "no fields"
 
@@ -194,18 +198,31 @@ def _record(cls: type) -> tuple[ToWire, FromWire]:
     return to_wire, from_wire
 
 
+def _hint(cls: type, name: str) -> object:
+    """The annotation of field `name`, evaluated where the class that declares it was
+    defined: what typing.get_type_hints gives, without typing in the daemons' memory
+    (protocol/hints.py). Annotations are builtins, `X | None`, `tuple[X, ...]`, ours."""
+    for klass in cls.__mro__:
+        annotations = klass.__dict__.get("__annotations__", {})
+        if name in annotations:
+            text = annotations[name]
+            if not isinstance(text, str):
+                return text
+            return eval(text, vars(sys.modules[klass.__module__]))  # our own source's
+    raise TypeError(f"protocol.codec: {cls.__name__}.{name} has no annotation")
+
+
 def _compile(hint: Any) -> tuple[ToWire, FromWire]:
     """The converters of one type hint; the supported hints are exactly these."""
     supertype = getattr(hint, "__supertype__", None)  # a NewType such as Pid
     if supertype is not None:
         return _compile(supertype)
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(hint)
+    if isinstance(hint, types.UnionType):
+        args = hint.__args__
         if len(args) == 2 and type(None) in args:
             return _optional(_compile(next(a for a in args if a is not type(None))))
-    elif origin is tuple:
-        args = typing.get_args(hint)
+    elif isinstance(hint, types.GenericAlias) and hint.__origin__ is tuple:
+        args = hint.__args__
         if len(args) == 2 and args[1] is Ellipsis:
             return _sequence(_compile(args[0]))
     elif hint is int:

@@ -9,7 +9,7 @@ missing. Pure; imports nothing of ours.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+TYPE_CHECKING = False
 
 __all__ = ["blake2b", "sha256"]
 

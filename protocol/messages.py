@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import enum
 from signal import Signals
-from typing import ClassVar
 
 from protocol.records import (
     MAX_TEXT_CHARS,
@@ -36,6 +35,10 @@ from protocol.records import (
     check_unique,
 )
 from protocol.structs import dataclass
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import ClassVar
 
 PROTOCOL_VERSION = 1
 

@@ -13,10 +13,15 @@ from __future__ import annotations
 import enum
 import math
 import re
-from typing import NewType
 
 from protocol.names import NAME_RULE, is_name, parse_instance_name
 from protocol.structs import dataclass
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import NewType
+else:  # typing stays out of the daemons (protocol/hints.py)
+    from protocol.hints import NewType
 
 Pid = NewType("Pid", int)
 

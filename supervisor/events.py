@@ -15,9 +15,14 @@ from __future__ import annotations
 
 import enum
 import signal
-from typing import NewType
 
 from protocol.structs import dataclass
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import NewType
+else:  # typing stays out of the daemons (protocol/hints.py)
+    from protocol.hints import NewType
 
 Pid = NewType("Pid", int)
 

@@ -21,7 +21,6 @@ import enum
 import logging
 import signal as _signal
 from dataclasses import replace
-from typing import NoReturn, assert_never
 
 from protocol.structs import dataclass
 from supervisor import vocabulary as v
@@ -45,6 +44,13 @@ from supervisor.events import (
     WakeAt,
     classify,
 )
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import NoReturn, assert_never
+else:
+    from protocol.hints import assert_never
+
 
 # The knot exits by itself kill-timeout after our SIGTERM (K-41). We SIGKILL it
 # only if it is still alive this much later: enough for the knot's own timer, its

@@ -11,7 +11,12 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Hashable
-from typing import Generic, TypeVar
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Generic, TypeVar
+else:  # typing stays out of the supervisor (protocol/hints.py)
+    from protocol.hints import Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
 

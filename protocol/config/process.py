@@ -24,7 +24,6 @@ from .reader import (
     Invalid,
     IpAddress,
     MapReader,
-    Parser,
     mapping_items,
     p_ip,
     p_list,
@@ -35,6 +34,10 @@ from .reader import (
 )
 from .sandbox import SandboxConfig
 from .yamlload import read_bounded
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .reader import Parser
 
 __all__ = ["Kind", "ProcessConfig", "check_process", "image_path", "load_processes",
            "p_kind", "parse_processes"]

@@ -16,7 +16,6 @@ import ipaddress
 import re
 from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
-from typing import TypeVar
 
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
@@ -24,8 +23,13 @@ from .errors import ConfigError, Problem, show_value
 from .idranges import IdRanges
 from .yamlload import STD_PREFIX, compose_text
 
-T = TypeVar("T")
-Parser = Callable[["Ctx", Node, str], T]
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import TypeVar
+
+    T = TypeVar("T")
+    Parser = Callable[["Ctx", Node, str], T]
+
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 

@@ -47,6 +47,7 @@ NEVER_IN_EITHER = (
     "dis",  # (protocol/lazy.py defers inspect; tests/unit/protocol/test_lazy.py)
     "difflib",  # protocol/config/reader.py, for a bad config's "did you mean"
     "platform",
+    "typing",  # only type checkers need it (protocol/hints.py)
 )
 NEVER_IN_SUPERVISOR = (
     "argparse",  # supervisor/main.py parses the broker's five options by hand

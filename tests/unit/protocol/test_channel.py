@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import pytest
 
 from protocol import messages as m
-from protocol.channel import Channel, Received, peer_credentials
+from protocol.channel import Channel, PeerCredentials, Received, peer_credentials
 from protocol.codec import encode
 from protocol.errors import ChannelClosed, ProtocolViolation
 from protocol.fds import OwnedFd, close_all
@@ -167,7 +167,8 @@ def test_a_snapshot_of_1000_children_crosses(channel_pair) -> None:
 
 
 def test_peer_credentials_of_a_socketpair_are_ours(channel_pair) -> None:
-    assert channel_pair.broker.peer_credentials() == (os.getpid(), os.getuid(), os.getgid())
+    ours = PeerCredentials(os.getpid(), os.getuid(), os.getgid())
+    assert channel_pair.broker.peer_credentials() == ours
     left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     with left, right:
         assert peer_credentials(left).pid == os.getpid()

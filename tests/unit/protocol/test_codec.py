@@ -25,6 +25,7 @@ from protocol.codec import (
     DEFAULT_MAX_MESSAGE_BYTES,
     REGISTRY,
     Decoder,
+    Frame,
     decode,
     encode,
 )
@@ -153,7 +154,7 @@ def test_round_trip(cls: type[m.Message], data: st.DataObject) -> None:
         request_id = data.draw(st.integers(1, 2**63 - 1))
     fds = fds_for(message)
     frame = decode(encode(message, request_id), fds)
-    assert frame == (message, request_id, tuple(fds))
+    assert frame == Frame(message, request_id, tuple(fds))
     assert type(frame.message) is cls
 
 
