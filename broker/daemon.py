@@ -17,6 +17,7 @@ import socket
 import sys
 from pathlib import Path
 
+from broker.pyexec import PACKAGE_PARENT, daemon_path, x_options
 from protocol import failpoints
 from protocol.config import MasterConfig
 from protocol.structs import dataclass
@@ -130,32 +131,13 @@ def lookup_account(user: str) -> Account:
     return Account(entry.pw_name, entry.pw_uid, entry.pw_gid)
 
 
-def supervisor_path() -> str:
-    """Our own import path, for a supervisor started with -S (no `site`).
-
-    Without `site` a fresh interpreter skips the .pth files of site-packages, which
-    may import anything at every start (on some hosts certifi and importlib.resources:
-    about 1 MB and 30 ms). It still needs every directory `site` gave us (site-packages,
-    a virtualenv's, PYTHONPATH's), so it gets all of ours but the first (our script's
-    directory or cwd; `-m supervisor` puts the package's parent there).
-    """
-    entries = sys.path if sys.flags.safe_path else sys.path[1:]
-    return os.pathsep.join(dict.fromkeys(os.path.abspath(p) for p in entries if p))
-
-
-def x_options() -> list[str]:
-    """Our own -X options, for the supervisor too: `python3 -X importtime -m broker.main`
-    shows what both import (tests/e2e/test_imports.py), -X dev checks both."""
-    return [f"-X{k}" if v is True else f"-X{k}={v}" for k, v in sys._xoptions.items()]
-
-
 def spawn_supervisor(
     account: Account, master_path: Path, extra_args: list[str], stderr_fd: int | None
 ) -> tuple[int, socket.socket]:
     """Forks the supervisor with one end of a SEQPACKET socketpair; returns (pid, ours).
 
     The child sets NoNewPrivs and execs the supervisor (`python3 -S` with our import
-    path, supervisor_path(), and our -X options), which drops to `account` before it
+    path and -X options, broker/pyexec.py), which drops to `account` before it
     reads anything (supervisor/privileges.py): the interpreter may live where only
     root can read it, so the supervisor imports everything before that. stderr_fd
     (the pipe of broker/logrelay.py) becomes its fd 2, so its log lines land beside
@@ -169,10 +151,9 @@ def spawn_supervisor(
         "--user", f"{account.uid}:{account.gid}", *extra_args,
     ]  # fmt: skip
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
-           "PYTHONPATH": supervisor_path()}  # fmt: skip
+           "PYTHONPATH": daemon_path()}  # fmt: skip
     if armed := failpoints.hand_over("supervisor."):  # this supervisor only: no crash loop
         env[failpoints.ENV] = armed
-    cwd = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     pid = os.fork()
     if pid == 0:  # child: nothing but fd and signal set-up until exec
         try:
@@ -188,7 +169,7 @@ def spawn_supervisor(
             prctl(PR_SET_NO_NEW_PRIVS, 1)
             prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
             # The package's parent dir: `-m supervisor` imports the same code as ours.
-            os.chdir(cwd)
+            os.chdir(PACKAGE_PARENT)
             os.execve(sys.executable, argv, env)
         except BaseException as e:  # noqa: BLE001 - nothing may escape a forked child
             os.write(2, f"lithos_tree: starting supervisor: {e}\n".encode())

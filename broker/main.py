@@ -1,40 +1,42 @@
-"""lithos_tree: the root broker (inventory 2.1 and 3.1).
+"""lithos_tree: the root broker (inventory 2.1 and 3.1): its command line.
 
-Start-up in order: arguments, master config, devfs-dir check (T-3), directories
-(M-1), logging, pid file (T-5), child subreaper, own cgroup (T-6), then the
-loop (broker/server.py). A re-exec (SIGQUIT...) comes back through here with the
-resume state in LITHOS_RESUME_FD. Fatal errors print `Fatal error: <msg>` and
-exit 1, as the original.
+Two stages in one pid. The front (any command line without DAEMON first) parses
+and checks the options with argparse (--help, --version and usage errors as
+every lithos tool: exit 2), then execs the daemon in place: `python3 -S -P` with
+our import path and -X options (broker/pyexec.py), `-m broker.main DAEMON` and
+the options in their one canonical form. The daemon parses that form by hand and
+runs broker/startup.py. Why: the daemon lives as long as the host, and neither
+`site` (a .pth file may import anything) nor argparse and gettext may stay in its
+memory for that (issue #10). The exec keeps the pid (sd_notify, the pid file, a
+caller holding it), the caller's fds and the environment (PYTHONPATH set to our
+path, which reaches nothing the broker starts: the supervisor and the knots get
+environments of their own). A front started with -S is a front all the same.
+The re-exec of an upgrade (broker/reexec.py) repeats the daemon's command line.
 """
 
 from __future__ import annotations
 
-import argparse
-import logging
 import os
 import sys
-from pathlib import Path
 
-from broker import reexec
-from broker.cgroups import CgroupError, CgroupLayout, detect
-from broker.configs import ConfigCache
-from broker.daemon import (
-    PR_SET_CHILD_SUBREAPER,
-    StartupError,
-    lookup_account,
-    make_master_dirs,
-    prctl,
-    write_pid_file,
-)
-from broker.server import Broker, Options
-from protocol import failpoints
-from protocol.config import ConfigError, load_master
-from protocol.logs import parse_level, resolve_level, setup_logging
+from broker.pyexec import daemon_path, x_options
 
-log = logging.getLogger("lithos_tree")
+# First argument of the daemon's command line: the front's exec wrote the rest.
+DAEMON = "--daemon-exec"
+_VALUED = ("--config", "--log-level")
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+class UsageError(Exception):
+    """The daemon's command line is not the one the front builds; says why."""
+
+
+CommandLine = tuple[str, bool, str | None]  # config, log_stderr, log_level
+
+
+def parse_args(argv: list[str]) -> CommandLine:
+    """The front's options (exits 2 with argparse's message if they are wrong)."""
+    import argparse  # the front's only: never in the daemon's memory
+
     p = argparse.ArgumentParser(
         prog="lithos_tree",
         description="The lithos daemon: supervises every configured container.",
@@ -46,65 +48,65 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--log-stderr", action="store_true", help="also log to stderr")
     p.add_argument("--log-level", help="error, warn, info, debug or trace")
     p.add_argument("--version", action="version", version="lithos 0.1.0")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    return args.config, args.log_stderr, args.log_level
+
+
+def daemon_argv(options: CommandLine) -> list[str]:
+    """The daemon's whole command line, interpreter first, for the front's options."""
+    config, log_stderr, log_level = options
+    argv = [sys.executable, "-S", "-P", *x_options(), "-m", "broker.main", DAEMON,
+            "--config", config]  # fmt: skip
+    if log_stderr:
+        argv.append("--log-stderr")
+    if log_level is not None:
+        argv += ["--log-level", log_level]
+    return argv
+
+
+def parse_daemon_args(argv: list[str]) -> CommandLine:
+    """(config, log_stderr, log_level) from what daemon_argv wrote after DAEMON.
+
+    Not argparse: it and gettext would stay in the daemon's memory (about 0.45 MB)
+    for three options nobody types.
+    """
+    values: dict[str, str] = {}
+    log_stderr = False
+    rest = iter(argv)
+    for arg in rest:
+        if arg == "--log-stderr":
+            log_stderr = True
+        elif arg in _VALUED:
+            value = next(rest, None)
+            if value is None:
+                raise UsageError(f"{arg} needs a value")
+            values[arg] = value
+        else:
+            raise UsageError(f"unknown argument {arg!r}")
+    if "--config" not in values:
+        raise UsageError("--config is required")
+    return values["--config"], log_stderr, values.get("--log-level")
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    resume = reexec.take_resume_state()
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] != [DAEMON]:  # the front
+        exec_argv = daemon_argv(parse_args(argv))
+        env = dict(os.environ, PYTHONPATH=daemon_path())
+        try:
+            os.execve(sys.executable, exec_argv, env)
+        except OSError as e:
+            print(f"Fatal error: exec {sys.executable}: {e}", file=sys.stderr)
+            return 1
     try:
-        failpoints.arm_from_environ()
-    except failpoints.FailpointError as e:
-        print(f"Fatal error: {e}", file=sys.stderr)
-        return 1
-    try:
-        master = load_master(args.config)
-    except ConfigError as e:
-        print(f"Fatal error: Error reading master config: {e}", file=sys.stderr)
-        return 1
-    try:
-        if not master.devfs_dir.is_dir():
-            raise StartupError(
-                f"devfs-dir: {master.devfs_dir} must exist and contain device nodes "
-                f"(create it with `lithos_mkdev {master.devfs_dir}`; {master.path})"
-            )
-        make_master_dirs(master)
-        level = resolve_level(
-            args.log_level, None, master.log_level.value if master.log_level else None
-        )
-        setup_logging(
-            log_file=master.log_file,
-            level=level,
-            log_stderr=args.log_stderr,
-            syslog_facility=master.syslog_facility,
-            syslog_ident=master.syslog_app_name,
-        )
-        write_pid_file(master.runtime_dir / "master.pid")
-        prctl(PR_SET_CHILD_SUBREAPER, 1)
-        account = lookup_account(master.supervisor_user)
-        cgroups: CgroupLayout | None = None
-        if master.cgroup_name is not None:
-            cgroups = detect(master.cgroup_controllers)
-            cgroups.enter(master.cgroup_name, os.getpid())
-    except (StartupError, CgroupError, OSError) as e:
-        print(f"Fatal error: {e}", file=sys.stderr)
-        if logging.getLogger().handlers:  # else logging's last resort would print it again
-            log.error("Fatal error: %s", e)
-        return 1
-    supervisor_args = []
-    if args.log_level and parse_level(args.log_level) is not None:
-        supervisor_args += ["--log-level", args.log_level]
-    options = Options(Path(args.config), account, supervisor_args, args.log_stderr,
-                      args.log_level if parse_level(args.log_level) is not None else None)
-    broker = Broker(ConfigCache(master), options, resume)
-    log.warning("lithos_tree started (pid %d%s)", os.getpid(), ", re-exec" if resume else "")
-    try:
-        broker.start(cgroups)
-        broker.run()
-    finally:
-        broker.close()
-    log.warning("lithos_tree exits: every container has stopped")
-    return 0
+        config, log_stderr, log_level = parse_daemon_args(argv[1:])
+    except UsageError as e:
+        print(f"lithos_tree: error: {e} (the command line of {DAEMON} is the front's: "
+              "run lithos_tree without it)", file=sys.stderr)  # fmt: skip
+        return 2
+    from broker import startup  # the daemon's whole code, not the front's
+
+    return startup.run(config, log_stderr, log_level)
 
 
 if __name__ == "__main__":

@@ -49,7 +49,6 @@ import sys
 from collections.abc import Callable, Mapping
 
 from knot import initbin, linux, nativespawn
-from knot import main as knot_main
 from knot.exitcodes import EXIT_SETUP_FAILED
 from knot.spec import KnotSpec
 
@@ -161,6 +160,8 @@ def _forked_child(spec: KnotSpec, fds: Mapping[int, int], log_no: int | None,
                   pdeathsig: bool, go_r: int, argv_area: tuple[int, int],
                   netns_fd: int | None, sandbox_log: tuple[int | None, str] | None) -> None:
     """The knot forked without exec: forget the spawner, set up, exec the native init."""
+    from knot import main as knot_main  # spawn_knot imported it before the fork
+
     try:
         gc.disable()  # a few ms to live: a collection would only copy the spawner's pages
         # The spawner's signal plumbing is not ours: its Python handlers would run
@@ -289,6 +290,8 @@ def spawn_knot(spec: KnotSpec, *, inherited_fds: Mapping[int, int], stdin: int, 
     else:
         mode = "fork" if fork else "exec"
     fork = mode == "fork"
+    if fork:  # knot.main, service, caps: imported by the first forked knot's spawner
+        import knot.main  # noqa: F401 - once here, not in every child after its fork
     fds = {0: stdin, 1: stdout, 2: stderr, **inherited_fds}
     spec_no = max(fds) + 1  # the exec'd knot's spec; a forked one has the spec object
     log_no = spec_no + 1 if stdio_log is not None else None
