@@ -6,7 +6,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import pickle
+import re
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -127,3 +129,15 @@ def test_instances_pickle() -> None:
     clone.__setstate__(state)
     assert clone == structs_point
     assert pickle.loads(pickle.dumps(1)) == 1
+
+
+def test_the_packages_take_dataclass_from_structs() -> None:
+    """A module that took the standard decorator would cost its classes 8 kB each."""
+    root = Path(__file__).resolve().parents[3]
+    offenders = [str(path.relative_to(root))
+                 for package in ("broker", "supervisor", "protocol", "knot")
+                 for path in (root / package).rglob("*.py")
+                 if path.name != "structs.py"
+                 and re.search(r"^from dataclasses import .*\bdataclass\b|@dataclasses\.dataclass",
+                               path.read_text(), re.M)]  # fmt: skip
+    assert offenders == []
