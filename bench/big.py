@@ -147,7 +147,8 @@ def _tree(env: BenchEnv, tree: Contender, only: list[str], opts: Options,
                               f"{TARGET_IDLE_PCT:.2f} %: {'met' if ticks == 0 else 'missed'}), "
                               f"{run_ns / 1e6:.2f} ms on the CPU, scheduled {slices} times")
         if "recovery" in only or "reexec" in only:
-            for module in ("supervisor.main", "broker.main"):
+            # broker.main is only the front now: the daemon's code is broker.startup
+            for module in ("supervisor.main", "broker.startup"):
                 floor = Result([treeops.interpreter_ms(f"import {module}")])
                 targets.append((f"floor: python3 -c 'import {module}' (1 x 5 runs, median)",
                                 floor, "-", None))

@@ -192,7 +192,7 @@ class Inotify:
 
 def interpreter_ms(code: str, samples: int = 5) -> float:
     """Median ms of `python3 -c CODE` from the worktree: the floor under a supervisor
-    start (`import supervisor.main`) or a broker re-exec (`import broker.main`)."""
+    start (`import supervisor.main`) or a broker re-exec (`import broker.startup`)."""
     import subprocess
     import sys
 
