@@ -42,8 +42,9 @@ def mappings(pid: int) -> dict[str, list[int]]:
     return out
 
 
-def measure(env: BenchEnv, n: int, maps: bool) -> list[str]:
+def measure(env: BenchEnv, n: int, maps: bool, python: str) -> list[str]:
     tree = LithosTree(env)
+    tree.python = python
     notify = treeops.Notify(env.tmp / f"notify-{n}.sock")
     tree.extra_env["NOTIFY_SOCKET"] = str(notify.path)
     lines = []
@@ -77,6 +78,10 @@ def main(argv: list[str] | None = None) -> int:
                                 description=__doc__.split("\n")[0])
     p.add_argument("counts", nargs="*", type=int, default=[1, 200], help="containers")
     p.add_argument("--maps", action="store_true", help="also the largest mappings")
+    p.add_argument("--python", default=sys.executable,
+                   help="the tree's interpreter (default: this one). PSS splits a page "
+                        "among every process mapping it, this harness too: run the harness "
+                        "under another interpreter to count libpython for the daemons alone")
     args = p.parse_args(argv)
     print("| N | process | PSS kB | USS kB | anonymous kB |")
     print("|---:|---|---:|---:|---:|")
@@ -87,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             print(str(e), file=sys.stderr)
             return 1
         try:
-            for line in measure(env, n, args.maps):
+            for line in measure(env, n, args.maps, args.python):
                 print(line, flush=True)
         finally:
             env.close()

@@ -51,6 +51,7 @@ class LithosTree(Contender):
         self.cgroup_name = f"lithos-bench-{os.getpid()}.slice"
         self.init_cache = env.tmp / "init"
         self.extra_env: dict[str, str] = {}  # e.g. NOTIFY_SOCKET (bench/treeops.py)
+        self.python = sys.executable  # the tree's interpreter (bench/daemonmem.py --python)
 
     def missing(self) -> str | None:
         try:
@@ -108,7 +109,7 @@ class LithosTree(Contender):
         self.runs += 1
         # The broker finds the native pid 1 (knot.initbin) built by prepare() in the
         # run's temp dir, not in the host's /var/lib/lithos/init.
-        self.broker = self.env.spawn([sys.executable, "-m", "broker.main", "-C",
+        self.broker = self.env.spawn([self.python, "-m", "broker.main", "-C",
                                       str(self.root / "master.yaml"), "--log-stderr"],
                                      ready_fd=False,
                                      extra_env={"LITHOS_INIT_CACHE": str(self.init_cache),
