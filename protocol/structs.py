@@ -54,13 +54,13 @@ def _share(cls: type) -> type:
     own = cls.__dict__
     if _generated(own.get("__eq__")) or _generated(own.get("__hash__")):
         compared = [f.name for f in fields if f.compare]
-        cls._compared = operator.attrgetter(*compared) if compared else _NOTHING  # type: ignore[attr-defined]
+        cls._structs_compared = operator.attrgetter(*compared) if compared else _NOTHING  # type: ignore[attr-defined]
     if _generated(own.get("__eq__")):
         cls.__eq__ = _eq  # type: ignore[assignment]
     if _generated(own.get("__hash__")):
         cls.__hash__ = _hash  # type: ignore[assignment]
     if _generated(own.get("__repr__")):
-        cls._shown = tuple(f.name for f in fields if f.repr)  # type: ignore[attr-defined]
+        cls._structs_shown = tuple(f.name for f in fields if f.repr)  # type: ignore[attr-defined]
         cls.__repr__ = _repr  # type: ignore[assignment]
     if _generated(own.get("__setattr__")):
         cls.__setattr__ = _frozen_setattr  # type: ignore[assignment]
@@ -71,17 +71,17 @@ def _share(cls: type) -> type:
 
 def _eq(self: object, other: object) -> object:
     if other.__class__ is self.__class__:
-        key = self._compared  # type: ignore[attr-defined]
+        key = self._structs_compared  # type: ignore[attr-defined]
         return (key(self),) == (key(other),)  # in tuples: `is` first, as dataclasses
     return NotImplemented
 
 
 def _hash(self: object) -> int:
-    return hash(self._compared(self))  # type: ignore[attr-defined]
+    return hash(self._structs_compared(self))  # type: ignore[attr-defined]
 
 
 def _repr(self: object) -> str:
-    shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in self._shown)  # type: ignore[attr-defined]
+    shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in self._structs_shown)  # type: ignore[attr-defined]
     return f"{type(self).__qualname__}({shown})"
 
 
