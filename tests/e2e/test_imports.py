@@ -45,7 +45,7 @@ NEVER_IN_EITHER = (
     "cryptography",
     "ast",  # inspect's, which dataclasses imports for dataclasses without a docstring
     "dis",  # (protocol/lazy.py defers inspect; tests/unit/protocol/test_lazy.py)
-    "difflib",  # protocol/config/reader.py, for a bad config's "did you mean"
+    "difflib",  # "did you mean" is protocol/config/reader.py closest(): a late import fails
     "platform",
     "typing",  # only type checkers need it (protocol/hints.py)
 )
