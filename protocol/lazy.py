@@ -8,7 +8,9 @@ that has none. Ours all have one (tests/unit/test_lazy.py checks), so `inspect` 
 never used, and `defer("inspect")` before the first `import dataclasses` keeps it
 unloaded: the name is bound to a module object that loads the real module the first
 time one of its attributes is read. Anything that does use it still gets the whole
-module, a little later: the only change is when.
+module, a little later: the only change is when. Likewise `traceback` (with linecache,
+tokenize, textwrap: about 0.45 MB), which logging imports for formatting exceptions:
+the daemons' formatters use protocol/logs.py exception_text instead.
 
 Rules: call defer() first thing in a daemon's package (`broker/__init__.py`,
 `supervisor/__init__.py`), before anything imports the module; a module already

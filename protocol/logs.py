@@ -105,7 +105,65 @@ def _one_line(text: str) -> str:
     return text.replace("\r", "\\r").replace("\n", "\\n")
 
 
-class LineFormatter(logging.Formatter):
+def exception_text(exc: BaseException | None) -> str:
+    """traceback.format_exception's text without the source lines, and without the
+    traceback module: the daemons defer it (protocol/lazy.py), and past its privilege
+    drop the supervisor may not be able to import it (or read sources) any more."""
+    if exc is None:
+        return "NoneType: None"
+    chain: list[tuple[BaseException, str]] = []
+    seen: set[int] = set()
+    note = ""
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        chain.append((current, note))
+        if current.__cause__ is not None:
+            current, note = current.__cause__, _CAUSE
+        elif current.__context__ is not None and not current.__suppress_context__:
+            current, note = current.__context__, _CONTEXT
+        else:
+            current = None
+    parts = []
+    for error, joiner in reversed(chain):
+        lines = []
+        frame = error.__traceback__
+        if frame is not None:
+            lines.append("Traceback (most recent call last):")
+        while frame is not None:
+            code = frame.tb_frame.f_code
+            lines.append(f'  File "{code.co_filename}", line {frame.tb_lineno}, in {code.co_name}')
+            frame = frame.tb_next
+        lines.append(_exception_line(error))
+        parts.append("\n".join(lines) + joiner)
+    return "".join(parts)
+
+
+_CAUSE = "\n\nThe above exception was the direct cause of the following exception:\n\n"
+_CONTEXT = "\n\nDuring handling of the above exception, another exception occurred:\n\n"
+
+
+def _exception_line(error: BaseException) -> str:
+    kind = type(error)
+    name = kind.__qualname__
+    if kind.__module__ not in ("builtins", "__main__"):
+        name = f"{kind.__module__}.{name}"
+    try:
+        text = str(error)
+    except Exception:  # noqa: BLE001 - as traceback does
+        text = "<exception str() failed>"
+    return f"{name}: {text}" if text else name
+
+
+class _Formatter(logging.Formatter):
+    """formatException by exception_text, not by the traceback module."""
+
+    def formatException(self, ei: object) -> str:  # noqa: N802 (logging API)
+        exc = ei[1] if isinstance(ei, tuple) else None
+        return exception_text(exc)
+
+
+class LineFormatter(_Formatter):
     """T-41: `[ts][LEVEL] msg`, and `[ts][DEBUG]<module>:<line>: msg` below INFO.
 
     `<module>` is the logger name, which P12 makes the dotted module (`__name__`).
@@ -126,7 +184,7 @@ class LineFormatter(logging.Formatter):
         return _one_line(f"{head} {message}")
 
 
-class SyslogFormatter(logging.Formatter):
+class SyslogFormatter(_Formatter):
     """The message alone (syslog adds time, ident, pid and severity)."""
 
     def format(self, record: logging.LogRecord) -> str:

@@ -1,9 +1,11 @@
 """The unprivileged supervisor and the CLI tools that talk to it (docs/supervisor.md).
 
-Importing the package defers `inspect` (protocol/lazy.py): the supervisor lives as
-long as the host, and dataclasses would otherwise keep it, and `ast`, in its memory.
+Importing the package defers `inspect` and `traceback` (protocol/lazy.py): the
+supervisor lives as long as the host, and dataclasses and logging would otherwise
+keep them (with ast, dis, linecache, tokenize, textwrap) in its memory.
 """
 
 from protocol import lazy
 
 lazy.defer("inspect")
+lazy.defer("traceback")

@@ -48,6 +48,9 @@ NEVER_IN_EITHER = (
     "difflib",  # "did you mean" is protocol/config/reader.py closest(): a late import fails
     "platform",
     "typing",  # only type checkers need it (protocol/hints.py)
+    "linecache",  # traceback's, deferred: protocol/logs.py exception_text formats
+    "tokenize",
+    "textwrap",
 )
 NEVER_IN_BROKER = (  # its front parses with argparse, then execs python3 -S (broker/main.py)
     "site",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import traceback
 
 import pytest
 
@@ -13,6 +14,7 @@ from protocol.logs import (
     TRACE,
     LineFormatter,
     SyslogFormatter,
+    exception_text,
     level_arg,
     level_name,
     parse_facility,
@@ -62,6 +64,42 @@ def test_one_line_per_record_even_with_newlines_and_tracebacks() -> None:
     line = LineFormatter().format(rec)
     assert "\n" not in line and line.startswith("[2026-11-28T11:00:00Z][ERROR] failed\\n")
     assert "RuntimeError: boom" in line
+
+
+CHAINED = """
+def inner():
+    raise KeyError("k")
+def middle():
+    try:
+        inner()
+    except KeyError as e:
+        raise ValueError("bad") from e
+def outer():
+    try:
+        middle()
+    except ValueError:
+        raise OSError(2, "gone")
+class Quiet(Exception):
+    pass
+def suppressed():
+    try:
+        outer()
+    except OSError:
+        raise Quiet() from None
+"""
+
+
+@pytest.mark.parametrize("entry", ["inner", "middle", "outer", "suppressed"])
+def test_exception_text_is_tracebacks_without_the_source_lines(entry: str) -> None:
+    """The same text, but for the indented source lines (and ^^^ marks) traceback adds."""
+    scope: dict[str, object] = {"__name__": "probe"}
+    exec(compile(CHAINED, "<no source>", "exec"), scope)
+    try:
+        scope[entry]()  # type: ignore[operator]
+    except Exception as e:  # noqa: BLE001 - any of them
+        theirs = "".join(traceback.format_exception(e)).splitlines()
+        assert exception_text(e).splitlines() == [x for x in theirs if not x.startswith("    ")]
+    assert exception_text(None) == "NoneType: None"
 
 
 def test_syslog_formatter_is_the_message_alone() -> None:

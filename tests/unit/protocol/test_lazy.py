@@ -1,5 +1,5 @@
 """protocol/lazy.py: a deferred module loads on first use, once, as one module object;
-and the daemons never load `inspect` (issue #10: their fixed memory)."""
+and the daemons never load `inspect` or `traceback` (issue #10: their fixed memory)."""
 
 from __future__ import annotations
 
@@ -103,13 +103,27 @@ def test_every_dataclass_has_its_own_docstring() -> None:
     assert missing == []
 
 
-def test_the_daemons_modules_leave_inspect_unloaded() -> None:
-    """Everything the broker and the supervisor import, in a fresh `python3 -S`."""
+def test_the_daemons_modules_leave_inspect_and_traceback_unloaded() -> None:
+    """Everything the broker and the supervisor import, in a fresh `python3 -S`, and an
+    exception logged through the daemons' line format."""
     site = {str(Path(m.__file__).resolve().parents[1]) for m in (yaml, msgpack)}
-    code = ("import sys, broker.main, supervisor.main\n"
-            "print(sorted(m for m in ('ast', 'dis', 'difflib') if m in sys.modules),"
-            " type(sys.modules['inspect']).__name__)")
+    code = (
+        "import sys, broker.startup, supervisor.main, logging\n"
+        "from protocol.logs import LineFormatter\n"
+        "handler = logging.StreamHandler(sys.stderr)\n"
+        "handler.setFormatter(LineFormatter())\n"
+        "log = logging.getLogger('probe')\n"
+        "log.addHandler(handler)\n"
+        "try:\n"
+        "    raise ValueError('boom')\n"
+        "except ValueError:\n"
+        "    log.exception('failed')\n"
+        "print(sorted(m for m in ('ast', 'dis', 'difflib', 'linecache', 'tokenize', 'textwrap')"
+        " if m in sys.modules), type(sys.modules['inspect']).__name__,"
+        " type(sys.modules['traceback']).__name__)")
     out = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True,
                          env={"PYTHONPATH": os.pathsep.join([str(REPO), *site])},
                          cwd=REPO, check=True, timeout=60)  # fmt: skip
-    assert out.stdout.split() == ["[]", "_Deferred"]
+    assert out.stdout.split() == ["[]", "_Deferred", "_Deferred"]
+    assert "failed\\nTraceback (most recent call last):\\n" in out.stderr
+    assert out.stderr.rstrip().endswith("ValueError: boom")
