@@ -10,7 +10,8 @@ unloaded: the name is bound to a module object that loads the real module the fi
 time one of its attributes is read. Anything that does use it still gets the whole
 module, a little later: the only change is when. Likewise `traceback` (with linecache,
 tokenize, textwrap: about 0.45 MB), which logging imports for formatting exceptions:
-the daemons' formatters use protocol/logs.py exception_text instead.
+the daemons' formatters use protocol/logs.py exception_text instead. And `selectors`,
+which socket imports for sendfile only (protocol/loop.py uses select.epoll).
 
 Rules: call defer() first thing in a daemon's package (`broker/__init__.py`,
 `supervisor/__init__.py`), before anything imports the module; a module already

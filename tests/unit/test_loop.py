@@ -65,3 +65,35 @@ def test_idle_loop_blocks_until_deadline(loop: Loop) -> None:
     start = time.monotonic()
     loop.run_once(max_wait_s=0.05)
     assert time.monotonic() - start >= 0.049
+
+
+def test_a_reader_removed_by_an_earlier_callback_of_the_batch_is_not_called(loop: Loop) -> None:
+    pipes = [os.pipe() for _ in range(2)]
+    called: list[int] = []
+
+    def on_read(i: int) -> None:
+        called.append(i)
+        for r, _ in pipes:  # whichever runs first removes both
+            loop.remove_reader(r)
+
+    for i, (r, w) in enumerate(pipes):
+        loop.add_reader(r, lambda i=i: on_read(i))
+        os.write(w, b"x")
+    loop.run_once(max_wait_s=5)
+    assert len(called) == 1
+    for fds in pipes:
+        for fd in fds:
+            os.close(fd)
+
+
+def test_readers_are_watched_once_and_removing_is_forgiving(loop: Loop) -> None:
+    r, w = os.pipe()
+    loop.add_reader(r, lambda: None)
+    with pytest.raises(KeyError):
+        loop.add_reader(r, lambda: None)
+    os.close(r)  # closed before removal: the kernel already dropped it
+    loop.remove_reader(r)
+    loop.remove_reader(r)  # not watched any more
+    os.close(w)
+    with pytest.raises(OSError):
+        loop.add_reader(r, lambda: None)  # not an open fd

@@ -103,9 +103,9 @@ def test_every_dataclass_has_its_own_docstring() -> None:
     assert missing == []
 
 
-def test_the_daemons_modules_leave_inspect_and_traceback_unloaded() -> None:
-    """Everything the broker and the supervisor import, in a fresh `python3 -S`, and an
-    exception logged through the daemons' line format."""
+def test_the_daemons_modules_leave_inspect_traceback_selectors_unloaded() -> None:
+    """Everything the broker and the supervisor import, in a fresh `python3 -S`, an
+    exception logged through the daemons' line format, and a turn of their loop."""
     site = {str(Path(m.__file__).resolve().parents[1]) for m in (yaml, msgpack)}
     code = (
         "import sys, broker.startup, supervisor.main, logging\n"
@@ -118,12 +118,14 @@ def test_the_daemons_modules_leave_inspect_and_traceback_unloaded() -> None:
         "    raise ValueError('boom')\n"
         "except ValueError:\n"
         "    log.exception('failed')\n"
+        "from protocol.loop import Loop\n"
+        "loop = Loop(); loop.call_later(0, loop.stop); loop.run(); loop.close()\n"
         "print(sorted(m for m in ('ast', 'dis', 'difflib', 'linecache', 'tokenize', 'textwrap')"
         " if m in sys.modules), type(sys.modules['inspect']).__name__,"
-        " type(sys.modules['traceback']).__name__)")
+        " type(sys.modules['traceback']).__name__, type(sys.modules['selectors']).__name__)")
     out = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True,
                          env={"PYTHONPATH": os.pathsep.join([str(REPO), *site])},
                          cwd=REPO, check=True, timeout=60)  # fmt: skip
-    assert out.stdout.split() == ["[]", "_Deferred", "_Deferred"]
+    assert out.stdout.split() == ["[]", "_Deferred", "_Deferred", "_Deferred"]
     assert "failed\\nTraceback (most recent call last):\\n" in out.stderr
     assert out.stderr.rstrip().endswith("ValueError: boom")
