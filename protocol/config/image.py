@@ -6,14 +6,17 @@ kernel does the resolution with openat2(RESOLVE_IN_ROOT) (Linux >= 5.6)
 through ctypes; where that syscall is missing we walk the path ourselves one
 component at a time with O_NOFOLLOW, resolving each symlink against the
 image root, and never following a magic link. The size read is bounded.
+A process that has not loaded ctypes walks too (the supervisor: ctypes would
+stay in its memory for this alone, about 0.3 MB; issue #10); the unit tests run
+every case both ways.
 """
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import stat
+import sys
 from pathlib import Path
 
 from .container import ContainerConfig, parse_container
@@ -29,26 +32,21 @@ _SYS_OPENAT2 = {"x86_64": 437, "aarch64": 437, "armv7l": 437, "riscv64": 437,
 MAX_SYMLINKS = 40
 
 
-class _OpenHow(ctypes.Structure):
-    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64),
-                ("resolve", ctypes.c_uint64)]
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
 def _openat2(dirfd: int, path: str, flags: int) -> int:
     """openat2(dirfd, path, {flags, 0, RESOLVE_IN_ROOT|RESOLVE_NO_MAGICLINKS}).
 
     Raises OSError; errno ENOSYS when the kernel (or a seccomp filter) lacks it.
     """
+    import ctypes  # loaded already (read_in_image's rule), or asked for by the caller
+
     number = _SYS_OPENAT2.get(os.uname().machine)  # what platform.machine() says
     if number is None:
         raise OSError(errno.ENOSYS, "openat2 number unknown on this machine")
-    how = _OpenHow(flags, 0, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
+    how = (ctypes.c_uint64 * 3)(flags, 0, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)  # open_how
     raw = path.encode("utf-8", "surrogateescape")
+    libc = ctypes.CDLL(None, use_errno=True)
     for _ in range(8):     # EAGAIN: a concurrent rename raced the lookup; just retry
-        fd = int(_libc.syscall(number, dirfd, raw, ctypes.byref(how), ctypes.sizeof(how)))
+        fd = int(libc.syscall(number, dirfd, raw, ctypes.byref(how), ctypes.sizeof(how)))
         if fd >= 0:
             return fd
         err = ctypes.get_errno()
@@ -108,8 +106,10 @@ def _open_in_root(rootfd: int, path: str, flags: int) -> int:
 
 
 def read_in_image(image_root: Path, path: str, limit: int = MAX_FILE_BYTES,
-                  *, use_openat2: bool = True) -> bytes:
+                  *, use_openat2: bool | None = None) -> bytes:
     """The bytes of `path` resolved inside `image_root` (never escaping it).
+
+    use_openat2: None (the default) means where ctypes is loaded already.
 
     Raises:
         ConfigError: naming the image, the path and the reason.
@@ -118,6 +118,8 @@ def read_in_image(image_root: Path, path: str, limit: int = MAX_FILE_BYTES,
         return ConfigError([Problem(image_file_name(image_root, path), "", "",
                                     f"{reason} (in image {image_root})")])
 
+    if use_openat2 is None:
+        use_openat2 = "ctypes" in sys.modules
     flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
     try:
         rootfd = os.open(image_root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)

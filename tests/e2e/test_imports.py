@@ -65,6 +65,7 @@ NEVER_IN_SUPERVISOR = (
     "site",  # it runs python3 -S (broker/pyexec.py)
     "subprocess",
     "platform",
+    "ctypes",  # image reads walk the path (protocol/config/image.py)
 )
 
 

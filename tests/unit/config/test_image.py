@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from protocol.config import ConfigError, read_in_image
 
@@ -123,3 +126,17 @@ def test_load_container_in_image_names_the_file(image: Path) -> None:
         load_container_in_image(image, "/config/none.yaml")
     [p] = err.value.problems
     assert p.file == str(image / "config/none.yaml") and f"in image {image}" in p.message
+
+
+def test_without_ctypes_loaded_the_default_walks(image: Path) -> None:
+    """The supervisor's case: a process without ctypes reads through the walk, the same
+    file, and does not load ctypes for it (issue #10)."""
+    repo = Path(__file__).resolve().parents[3]
+    site = str(Path(yaml.__file__).resolve().parents[1])  # for the -S child
+    code = ("import sys\nfrom protocol.config import read_in_image\n"
+            f"print(read_in_image({str(image)!r}, '/config/abs').decode(), "
+            "'ctypes' in sys.modules)")
+    out = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True,
+                         env={"PYTHONPATH": os.pathsep.join([str(repo), site])}, check=True,
+                         timeout=60)  # fmt: skip
+    assert out.stdout.split() == ["image", "secret", "False"]
