@@ -4,7 +4,7 @@ The broker and the supervisor live as long as the host, and every module they im
 stays in their memory (issue #10: broker + supervisor <= 25 MB PSS). `dataclasses`
 imports `inspect` (which imports `ast`, `dis`, `tokenize`...: about 1.3 MB per
 process) for one call: `inspect.signature` to write the docstring of a dataclass
-that has none. Ours all have one (tests/unit/test_lazy.py checks), so `inspect` is
+that has none. Ours all have one (tests/unit/protocol/test_lazy.py checks), so `inspect` is
 never used, and `defer("inspect")` before the first `import dataclasses` keeps it
 unloaded: the name is bound to a module object that loads the real module the first
 time one of its attributes is read. Anything that does use it still gets the whole
