@@ -23,6 +23,10 @@ from .container import ContainerConfig, parse_container
 from .errors import ConfigError, Problem
 from .yamlload import MAX_FILE_BYTES
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import ctypes
+
 __all__ = ["image_file_name", "load_container_in_image", "read_in_image"]
 
 RESOLVE_NO_MAGICLINKS = 0x02
@@ -30,6 +34,7 @@ RESOLVE_IN_ROOT = 0x10
 _SYS_OPENAT2 = {"x86_64": 437, "aarch64": 437, "armv7l": 437, "riscv64": 437,
                 "ppc64le": 437, "s390x": 437, "i686": 437}
 MAX_SYMLINKS = 40
+_libc: ctypes.CDLL | None = None  # the process's own symbols, made by the first _openat2
 
 
 def _openat2(dirfd: int, path: str, flags: int) -> int:
@@ -39,14 +44,16 @@ def _openat2(dirfd: int, path: str, flags: int) -> int:
     """
     import ctypes  # loaded already (read_in_image's rule), or asked for by the caller
 
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
     number = _SYS_OPENAT2.get(os.uname().machine)  # what platform.machine() says
     if number is None:
         raise OSError(errno.ENOSYS, "openat2 number unknown on this machine")
     how = (ctypes.c_uint64 * 3)(flags, 0, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)  # open_how
     raw = path.encode("utf-8", "surrogateescape")
-    libc = ctypes.CDLL(None, use_errno=True)
     for _ in range(8):     # EAGAIN: a concurrent rename raced the lookup; just retry
-        fd = int(libc.syscall(number, dirfd, raw, ctypes.byref(how), ctypes.sizeof(how)))
+        fd = int(_libc.syscall(number, dirfd, raw, ctypes.byref(how), ctypes.sizeof(how)))
         if fd >= 0:
             return fd
         err = ctypes.get_errno()

@@ -10,6 +10,7 @@ import dataclasses
 import os
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
@@ -298,20 +299,28 @@ FAILING_OPS = {
 }
 
 
+class _Failed(Exception):
+    """What a recording `fail` raises: the executor must stop there."""
+
+
+def _recording(lines: list[str]) -> Callable[[str], NoReturn]:
+    """A plan.execute `fail` that records its line in `lines`, then stops the executor."""
+
+    def fail(line: str) -> NoReturn:
+        lines.append(line)
+        raise _Failed
+
+    return fail
+
+
 @pytest.mark.parametrize("ops", FAILING_OPS.values(), ids=FAILING_OPS.keys())
 def test_python_and_c_executors_write_the_same_line(init_binary: Path,
                                                     ops: tuple[Op, ...]) -> None:
     """knot.plan.execute and init.c's run_ops, the same ops: the same line, exit 78."""
     lines: list[str] = []
+    fail = _recording(lines)
 
-    class Failed(Exception):
-        pass
-
-    def fail(line: str) -> NoReturn:
-        lines.append(line)
-        raise Failed
-
-    with pytest.raises(Failed):
+    with pytest.raises(_Failed):
         plan.execute(ops, SPEC.container_config, fail, fail)
     desc = _with_setup(ops, pdeathsig=False, parent_pidfd=-1, netns_fd=-1, unshare=False)
     done = run_init(init_binary, initdesc.encode(desc))
@@ -325,15 +334,9 @@ def test_python_and_c_executors_warn_alike_on_a_failed_write(init_binary: Path) 
            Op("write", plan.WRITE_LABEL, "", ("/proc/self/nonexistent", "0-1")),
            Op("fail", "after", "", ("reached",)))
     lines: list[str] = []
+    fail = _recording(lines)
 
-    class Failed(Exception):
-        pass
-
-    def fail(line: str) -> NoReturn:
-        lines.append(line)
-        raise Failed
-
-    with pytest.raises(Failed):
+    with pytest.raises(_Failed):
         plan.execute(ops, SPEC.container_config, fail, lines.append)
     assert lines[0] == (f"setting cgroup limit: /nonexistent/cpu.shares = 512: ENOENT (No such "
                         f"file or directory) (cpu-shares in {SPEC.container_config})")
