@@ -161,14 +161,16 @@ def test_control_socket_refuses_and_keeps_serving(lithos) -> None:
     hello = encode(m.Hello(m.PROTOCOL_VERSION, Role.CONTROL), 1)
     s.send(hello)
     status = encode(m.GetStatus(), 2)
-    s.setblocking(False)
-    sent = 0
-    for _ in range(20000):
+    # Blocking sends: a full send buffer only means the broker reads slower than we
+    # write. Stopping there (and closing with replies unread) raced the broker's
+    # own full buffer: it could see our reset first. We send until it drops us.
+    for _ in range(1_000_000):
         try:
             s.send(status)
-            sent += 1
-        except (BlockingIOError, BrokenPipeError, ConnectionResetError):
+        except (BrokenPipeError, ConnectionResetError):
             break
+    else:
+        pytest.fail("the broker kept serving a client that reads none of its replies")
     s.close()
     lithos.wait_for(r"control peer \(uid 0\): reply not sent .*; closing", start=mark)
     # Nothing was created, and the broker still answers.
