@@ -13,7 +13,12 @@ tokenize, textwrap: about 0.45 MB), which logging imports for formatting excepti
 the daemons' formatters use protocol/logs.py exception_text instead. And `selectors`,
 which socket imports for sendfile only (protocol/loop.py uses select.epoll).
 
-Rules: call defer() first thing in a daemon's package (`broker/__init__.py`,
+`keep_out` goes one step further for an optional accelerator the daemons never use:
+PyYAML's libyaml binding, `yaml._yaml` (with its Cython runtime, about 0.2 MB per
+process). yaml imports it in a `try` and falls back to its pure-Python classes, which
+are all lithos composes with (protocol/config/yamlload.py LithosLoader).
+
+Rules: call defer() and keep_out() first thing in a daemon's package (`broker/__init__.py`,
 `supervisor/__init__.py`), before anything imports the module; a module already
 imported is left as it is. Defer only modules the daemons never use: one first used
 after the supervisor's privilege drop is imported as its account, and where the
@@ -56,3 +61,13 @@ def defer(name: str) -> None:
     stand_in = importlib.util.module_from_spec(spec)  # __file__, __loader__... as usual
     stand_in.__class__ = _Deferred
     sys.modules[name] = stand_in
+
+
+def keep_out(name: str) -> None:
+    """Makes `import name` raise ImportError, as if it were not installed.
+
+    Only for a module whose importers expect it may be missing and that the daemons
+    never need (yaml._yaml). A module already imported is left as it is.
+    """
+    if name not in sys.modules:
+        sys.modules[name] = None  # type: ignore[assignment]  # "not importable", to imports

@@ -1,5 +1,6 @@
 """protocol/lazy.py: a deferred module loads on first use, once, as one module object;
-and the daemons never load `inspect` or `traceback` (issue #10: their fixed memory)."""
+and the daemons never load `inspect` or `traceback`, nor libyaml's binding (issue #10:
+their fixed memory)."""
 
 from __future__ import annotations
 
@@ -80,6 +81,19 @@ def test_defer_leaves_an_imported_or_missing_module_alone(module_name: str) -> N
         importlib.import_module("lazy_probe_not_installed")
 
 
+def test_a_module_kept_out_does_not_import(module_name: str) -> None:
+    lazy.keep_out(module_name)
+    try:
+        with pytest.raises(ImportError):
+            importlib.import_module(module_name)
+        assert runs(module_name) == 0
+    finally:
+        sys.modules.pop(module_name)
+    real = importlib.import_module(module_name)
+    lazy.keep_out(module_name)  # already imported: left alone
+    assert sys.modules[module_name] is real
+
+
 def daemon_modules() -> Iterator[str]:
     for package in DAEMON_PACKAGES:
         path = [str(REPO / package)]
@@ -105,7 +119,8 @@ def test_every_dataclass_has_its_own_docstring() -> None:
 
 def test_the_daemons_modules_leave_inspect_traceback_selectors_unloaded() -> None:
     """Everything the broker and the supervisor import, in a fresh `python3 -S`, an
-    exception logged through the daemons' line format, and a turn of their loop."""
+    exception logged through the daemons' line format, a turn of their loop, and a
+    config composed (without libyaml's binding)."""
     site = {str(Path(m.__file__).resolve().parents[1]) for m in (yaml, msgpack)}
     code = (
         "import sys, broker.startup, supervisor.main, logging\n"
@@ -120,6 +135,10 @@ def test_the_daemons_modules_leave_inspect_traceback_selectors_unloaded() -> Non
         "    log.exception('failed')\n"
         "from protocol.loop import Loop\n"
         "loop = Loop(); loop.call_later(0, loop.stop); loop.run(); loop.close()\n"
+        "import yaml\n"
+        "from protocol.config.yamlload import compose_text\n"
+        "assert compose_text(b'a: [1, !Tmpfs {size: 1}]', 'x.yaml') is not None\n"
+        "assert sys.modules['yaml._yaml'] is None and not yaml.__with_libyaml__\n"
         "print(sorted(m for m in ('ast', 'dis', 'difflib', 'linecache', 'tokenize', 'textwrap')"
         " if m in sys.modules), type(sys.modules['inspect']).__name__,"
         " type(sys.modules['traceback']).__name__, type(sys.modules['selectors']).__name__)")
