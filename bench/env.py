@@ -58,7 +58,7 @@ def children(pid: int) -> list[int]:
     kids: list[int] = []
     try:
         tids = os.listdir(f"/proc/{pid}/task")
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # ESRCH: it exited as we looked
         return kids
     for tid in tids:
         with contextlib.suppress(FileNotFoundError, ProcessLookupError):
