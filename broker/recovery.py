@@ -5,7 +5,8 @@ the previous broker image (or of a killed broker) are found again from their
 records (broker/children.py checks each against /proc), adopted orphans are
 watched through pidfds (broker/exits.py), each found knot joins its cgroup
 again, and what knots that died while no broker ran left (sockets, cgroup,
-state dir) is cleaned up: their exit status is lost for good. Rules: after a
+state dir) is cleaned up: their exit status is lost for good. Then what no live
+knot owns is swept (broker/sweep.py: state dirs, cgroups). Rules: after a
 SIGKILL of the previous broker its listening sockets are taken back from the
 orphans (broker/reclaim.py), after a re-exec they came with the resume state;
 either way a socket no live instance uses is closed (T-12).
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import logging
 
-from broker import exits, starter
+from broker import exits, starter, sweep
 from broker.cgroups import CgroupError, CgroupLayout
 from broker.ports import PortTable
 from broker.reclaim import reclaim
@@ -58,3 +59,8 @@ def recover(b: Broker, cgroups: CgroupLayout | None) -> None:
     # Sockets whose instances did not survive are closed (T-12).
     for addr in b.ports.retain(c.instance for c in b.children):
         log.info("Closing socket %s: no live instance uses it", addr)
+    # What containers that ended while no broker ran left behind (T-12a, T-12b).
+    live = [c.instance for c in b.children]
+    sweep.sweep_state_dirs(b.master.state_dir, live)
+    if cgroups is not None and b.master.cgroup_name is not None:
+        sweep.sweep_cgroups(cgroups, b.master.cgroup_name, live)

@@ -131,8 +131,9 @@ def _before_go(pid: int) -> None:
     failpoints.hit("broker.start.before_go")
 
 
-def remove_state_dir(path: Path) -> None:
-    """E-30: the state dir goes with its container (a missing one is fine)."""
+def remove_state_dir(path: Path, *, with_empty_parent: bool = True) -> None:
+    """E-30: the state dir goes with its container (a missing one is fine), and the
+    sandbox's dir with it once empty, unless `with_empty_parent` is False."""
     # Imported at the first stop, not with the broker: shutil brings bz2, lzma and zlib,
     # about 0.3 MB of the broker's fixed memory (issue #10). The broker is root: it can
     # always import.
@@ -144,9 +145,9 @@ def remove_state_dir(path: Path) -> None:
         pass
     except OSError as e:
         log.warning("%s: removing state dir: %s", path, _errname(e))
-    parent = path.parent
-    with contextlib.suppress(OSError):
-        parent.rmdir()  # the sandbox's dir, once empty
+    if with_empty_parent:
+        with contextlib.suppress(OSError):
+            path.parent.rmdir()  # the sandbox's dir, once empty
 
 
 def clean_up(child: Child, ports: PortTable, cgroups: CgroupLayout | None) -> None:

@@ -7,7 +7,9 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -252,3 +254,49 @@ def test_sigkill_of_tree_then_restart_of_a_port_sharing_instance(lithos) -> None
     assert os.stat(f"/proc/{new}/fd/3").st_ino == os.stat(f"/proc/{old}/fd/3").st_ino
     with socket.create_connection(("127.0.0.1", port), timeout=5):
         pass
+
+
+def test_leftovers_of_a_killed_tree_are_swept_at_its_next_start(lithos) -> None:
+    """T-12a, T-12b, E-30, CMD-2: state dirs and cgroups that no live knot or running
+    lithos_cmd owns are removed when lithos_tree starts; the live instance's stay."""
+    lithos.image("sw.v1", {"d.yaml": SLEEP})
+    lithos.sandbox("sw", "", "d: {image: sw.v1, config: /config/d.yaml, instances: 1}\n")
+    lithos.start()
+    running = wait_running(lithos, 1)
+    services(lithos, "sw", running)  # the knot is past its set-up, in its group
+    knot = running["sw/d.0"]
+    lithos.proc.kill()
+    lithos.proc.wait()
+    dead = subprocess.Popen(["/bin/true"])
+    dead.wait()  # a pid that ran and is gone: a SIGKILLed lithos_cmd's
+    # The tree's groups, in every hierarchy the live knot is in.
+    tops = [Path("/sys/fs/cgroup", line.split(":", 2)[1].removeprefix("name="),
+                 line.split(":", 2)[2].strip().lstrip("/")).parent
+            for line in Path(f"/proc/{knot}/cgroup").read_text().splitlines()
+            if line.split(":", 2)[2].strip().endswith("/sw:d.0.scope")]  # fmt: skip
+    tops = [t for t in tops if t.is_dir()]
+    assert tops, Path(f"/proc/{knot}/cgroup").read_text()
+    gone_groups = ["gone:d.0.scope", "sw:d.7.scope", f"sw:cmd.x.{dead.pid}.scope"]
+    for top in tops:
+        for name in [*gone_groups, "stray"]:
+            (top / name).mkdir()
+    state = lithos.runtime / "state"
+    gone_dirs = [state / "gone" / "d.0", state / "sw" / "d.7", state / "sw" / f"cmd.x.{dead.pid}"]
+    for path in gone_dirs:
+        path.mkdir(parents=True)
+        (path / "stale").write_text("from the previous run")
+    (state / "sw" / "d.0" / "mine").write_text("the live instance's")
+
+    lithos.start()
+    lithos.wait_for(rf'Dangling state dir "{state}/sw/d\.7"\. Deleting\.\.\.')
+    lithos.wait_for(rf'Empty sandbox dir "{state}/gone"\. Deleting\.\.\.')
+    lithos.wait_for(r'Dangling cgroup ".*/sw:d\.7\.scope"\. Deleting\.\.\.')
+    assert lithos.running()["sw/d.0"] == knot
+    assert not any(p.exists() for p in gone_dirs) and not (state / "gone").exists()
+    assert (state / "sw" / "d.0" / "mine").exists()
+    for top in tops:
+        assert sorted(p.name for p in top.iterdir() if p.is_dir()) == \
+            sorted(["stray", "sw:d.0.scope"] + (["lithos_tree.scope"]
+                   if (top / "lithos_tree.scope").is_dir() else [])), top  # fmt: skip
+    assert lithos.count(r"Forked ") == 0
+    assert lithos.stop() == 0

@@ -152,6 +152,37 @@ def test_v1_enter_and_list_dangling_groups(kernel: Kernel) -> None:
     ]
 
 
+def test_v1_sweep_removes_only_dangling_groups(kernel: Kernel) -> None:
+    """T-12b in every hierarchy: groups of no live knot and of a dead lithos_cmd go;
+    a live instance's, a running command's and a foreign one stay; a dangling group
+    with a process still inside is an error line naming it, and the sweep goes on."""
+    from broker import sweep
+
+    layout = v1_layout()
+    kernel.track(layout, kernel.slice)
+    occupant = kernel.child()
+    dead = kernel.child()
+    dead.kill()
+    dead.wait()
+    names = {"web:app.0.scope": "kept", "web:app.1.scope": "gone",
+             f"web:cmd.sh.{os.getpid()}.scope": "kept", f"web:cmd.sh.{dead.pid}.scope": "gone",
+             "junk": "kept", "web:app.2.scope": "busy"}  # fmt: skip
+    for name in names:
+        group = f"{kernel.slice}/{name}"
+        kernel.track(layout, group)
+        layout.create(group)
+    layout.handle(f"{kernel.slice}/web:app.2.scope").add(occupant.pid)
+
+    removed = sweep.sweep_cgroups(layout, kernel.slice, ["web/app.0"])
+
+    assert removed == [f"{kernel.slice}/{n}" for n, what in sorted(names.items()) if what == "gone"]
+    left = sorted(n for n, what in names.items() if what != "gone")
+    assert layout.list_groups(kernel.slice) == left
+    for hierarchy in layout.detected.hierarchies:
+        assert sorted(e.name for e in os.scandir(os.path.join(hierarchy.base_dir, kernel.slice))
+                      if e.is_dir()) == left  # fmt: skip
+
+
 # ---- a real cgroup2 mount ------------------------------------------------------------
 
 _libc = ctypes.CDLL(None, use_errno=True)
