@@ -10,7 +10,8 @@ Owns every listening socket the broker opens for `tcp-ports` and their lifetime:
 - across a broker re-exec the fds survive (T-17, E-17): `export()` names them,
   `prepare_for_exec()` clears CLOEXEC just before exec, `PortTable.adopt()` takes
   them back after it and trusts only an fd whose getsockname matches its entry.
-IPv4 and IPv6 both work (the original only creates AF_INET sockets). The sockets are
+The table handles IPv6 addresses as well, but a `tcp-ports` `host` is IPv4 only, as in
+the original (protocol/config/container.py refuses another). The sockets are
 created with the broker's own credentials: the original's setfsuid to the socket
 owner (T-13 step 1) is not done here. This module never decides whether an instance
 may use a port (see policy.py) and imports nothing of ours.
