@@ -100,7 +100,7 @@ def plan_command(
         raise CmdError(f"can't instantiate: {e.reason}") from None
     # CMD-1: no tcp-ports, except in a bridged sandbox the non-external ones, which
     # are opened inside its netns (K-34). Its address is ip-addresses[0], if any (K-31).
-    network = plan_network(made, sandbox)
+    network = plan_network(made, sandbox, user_namespace=bool(spec.uid_map or spec.gid_map))
     inner = tuple(sorted(p.fd for p in network.ports)) if network is not None else ()
     if set(inner) & {1, 2}:
         raise CmdError(f"can't instantiate: {container.path}: tcp-ports: fd {sorted(inner)} "

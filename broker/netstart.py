@@ -32,6 +32,7 @@ from protocol.structs import dataclass
 __all__ = ["ContainerNet", "NetworkError", "discard", "prepare", "remove_host_veth"]
 
 log = logging.getLogger(__name__)
+UNPRIVILEGED_PORT_START = "/proc/sys/net/ipv4/ip_unprivileged_port_start"
 # pyroute2 logs every netlink message at DEBUG: a start would fill the broker's log.
 logging.getLogger("pyroute2").setLevel(logging.WARNING)
 
@@ -112,12 +113,32 @@ def prepare(plan: NetPlan) -> ContainerNet:
                 plan.after_setup_command)  # fmt: skip
             net.veth = handle.host_ifname
         net.fds = _open_ports(plan.ports, net.netns_fd)
+        if plan.user_namespace:
+            _open_low_ports(net.netns_fd)
     except BaseException as exc:
         discard(net)
         if isinstance(exc, NetworkError):
             raise NetworkError(_with_file(str(exc), plan)) from exc
         raise
     return net
+
+
+def _open_low_ports(netns_fd: int) -> None:
+    """K-30 with a uid-map: ports below 1024 for every uid, in this netns only.
+
+    The service keeps CAP_NET_BIND_SERVICE, but in its own user namespace, while the
+    netns belongs to the host's (the broker made it): the capability does not count
+    there. `ip_unprivileged_port_start` is per network namespace (Linux 4.11), so 0
+    lets the service bind low ports on its own addresses and changes nothing else.
+    """
+    with inside_netns(netns_fd):  # /proc/sys/net is the netns of the opening thread
+        try:
+            with open(UNPRIVILEGED_PORT_START, "w") as f:
+                f.write("0")
+        except OSError as exc:
+            # Older kernels: the service cannot bind low ports itself (tcp-ports still work).
+            log.warning("bridged-network: %s = 0 in the container's network namespace: %s",
+                        UNPRIVILEGED_PORT_START, _errname(exc))  # fmt: skip
 
 
 def _with_file(message: str, plan: NetPlan) -> str:

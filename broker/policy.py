@@ -66,6 +66,9 @@ class NetPlan:
     ports: tuple[PortRequest, ...]  # the non-external tcp-ports, opened inside the netns
     # Where the keys its errors name come from: bridged-network, ip-addresses, tcp-ports.
     files: tuple[tuple[str, str], ...] = ()
+    # The service runs in a user namespace (uid-map/gid-map): the netns is the host
+    # user namespace's, so its CAP_NET_BIND_SERVICE does not reach it (K-30).
+    user_namespace: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,7 +244,7 @@ def plan_start(
         for port, cfg in made.tcp_ports.items()
         if not bridged or cfg.external
     )
-    network = plan_network(made, sandbox)
+    network = plan_network(made, sandbox, user_namespace=bool(spec.uid_map or spec.gid_map))
     for p in ports + (network.ports if network is not None else ()):
         if p.fd in (1, 2):
             raise Denied(
@@ -265,7 +268,8 @@ def plan_start(
     )
 
 
-def plan_network(made: InstantiatedContainer, sandbox: SandboxConfig) -> NetPlan | None:
+def plan_network(made: InstantiatedContainer, sandbox: SandboxConfig, *,
+                 user_namespace: bool = False) -> NetPlan | None:
     """The instance's NetPlan in a bridged sandbox, None otherwise (K-30).
 
     The addresses were checked against `network` by check_process (K-35, also at
@@ -291,6 +295,7 @@ def plan_network(made: InstantiatedContainer, sandbox: SandboxConfig) -> NetPlan
             ("ip-addresses", str(made.process.path)),
             ("tcp-ports", str(made.container.path)),
         ),
+        user_namespace=user_namespace,
     )
 
 

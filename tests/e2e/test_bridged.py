@@ -250,6 +250,32 @@ def test_service_keeps_only_net_bind_service(lithos, testnet, monkeypatch, init)
     connect_from(testnet.path, "10.71.0.4", 80)  # from the host side of the bridge
 
 
+def test_service_in_a_user_namespace_binds_low_ports(lithos, testnet) -> None:
+    """K-30 with a uid-map: the service's CAP_NET_BIND_SERVICE is its user namespace's,
+    not the netns's (the broker made it), so the broker opens low ports to every uid of
+    that netns alone (ip_unprivileged_port_start = 0); the host's value is untouched."""
+    knob = Path("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+    with in_netns(testnet.path):
+        host_value = knob.read_text()
+    mapped = LOW_PORT + ("uid-map: [{inside: 0, outside: 10000, count: 2000}]\n"
+                         "gid-map: [{inside: 0, outside: 10000, count: 2000}]\n")
+    lithos.image("low.v1", {"low.yaml": mapped})
+    lithos.sandbox("low", f"bridged-network: {{bridge: {testnet.bridge}, network: 10.71.0.0/24}}\n",
+                   "low: {image: low.v1, config: /config/low.yaml, ip-addresses: [10.71.0.6]}\n")
+    with in_netns(testnet.path):
+        lithos.start()
+    lithos.wait_stdio("low", r"^bound low/low\.0$")
+    knot = lithos.running()["low/low.0"]
+    service = int(Path(f"/proc/{knot}/task/{knot}/children").read_text().split()[0])
+    status = Path(f"/proc/{service}/status").read_text()
+    assert re.search(r"^Uid:\s+11000\s", status, re.M), status  # 1000 inside
+    with in_netns(f"/proc/{service}/ns/net"):
+        assert knob.read_text() == "0\n"
+    with in_netns(testnet.path):
+        assert knob.read_text() == host_value
+    connect_from(testnet.path, "10.71.0.6", 80)
+
+
 def test_after_setup_command(lithos, testnet, tmp_path) -> None:
     """K-32: after-setup-command runs with @{container_ip}, in the container's netns but
     the host's other namespaces, with only TERM and PATH in its environment."""
