@@ -27,11 +27,22 @@ from broker.daemon import (
 )
 from broker.server import Broker, Options
 from protocol import failpoints
-from protocol.config import ConfigError, load_master
+from protocol.config import ConfigError, MasterConfig, load_master
 from protocol.logs import parse_level, resolve_level, setup_logging
 from protocol.metricpaths import cantal_path, metrics_base, supervisor_environ
 
 log = logging.getLogger("lithos_tree")
+
+
+def metrics_location(master: MasterConfig) -> str:
+    """X-M1, T-8: the metric files' base, from our environment and working directory
+    (a re-exec keeps both, so the files stay put; no self re-exec is needed:
+    protocol/metricpaths.py). A relative CANTAL_PATH is used, with a warning."""
+    base = metrics_base(master, os.environ, os.getcwd())
+    if (value := cantal_path(os.environ)) is not None and value != base:
+        log.warning("CANTAL_PATH=%r is a relative path: the metric files are %s.values "
+                    "and %s.meta (from lithos_tree's working directory)", value, base, base)
+    return base
 
 
 def run(config: str, log_stderr: bool, log_level: str | None) -> int:
@@ -77,12 +88,7 @@ def run(config: str, log_stderr: bool, log_level: str | None) -> int:
     supervisor_args = []
     if log_level and parse_level(log_level) is not None:
         supervisor_args += ["--log-level", log_level]
-    # X-M1, T-8: the metric files' place, from our environment (a re-exec keeps it,
-    # and our working directory, so the files stay put); no self re-exec needed.
-    base = metrics_base(master, os.environ, os.getcwd())
-    if (value := cantal_path(os.environ)) is not None and value != base:
-        log.warning("CANTAL_PATH=%r is a relative path: the metric files are %s.values "
-                    "and %s.meta (from lithos_tree's working directory)", value, base, base)
+    base = metrics_location(master)
     options = Options(
         Path(config),
         account,

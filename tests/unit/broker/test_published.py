@@ -13,6 +13,8 @@ import pytest
 
 from broker import published
 from broker.daemon import Account
+from broker.startup import metrics_location
+from protocol.config import parse_master
 
 requires_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
@@ -85,3 +87,21 @@ def test_someone_elses_file_is_not_taken_over(
         )
     assert "m.values: owned by uid 4242, not root or the supervisor-user" in caplog.text
     assert other.stat().st_uid == 4242
+
+
+def test_the_base_from_the_environment_a_relative_one_with_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    master = parse_master(b"runtime-dir: /run/lt\n", "/etc/lithos/master.yaml")
+    monkeypatch.delenv("CANTAL_PATH", raising=False)
+    assert metrics_location(master) == "/run/lt/metrics"
+    monkeypatch.setenv("CANTAL_PATH", "/run/cantal/lithos")
+    assert metrics_location(master) == "/run/cantal/lithos"
+    assert caplog.text == ""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CANTAL_PATH", "lithos")
+    with caplog.at_level(logging.WARNING):
+        assert metrics_location(master) == f"{tmp_path}/lithos"
+    assert f"CANTAL_PATH='lithos' is a relative path: the metric files are {tmp_path}/lithos" in (
+        caplog.text
+    )
