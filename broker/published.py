@@ -36,22 +36,15 @@ def prepare_metric_files(b: Broker) -> None:
     The supervisor may not create files in runtime-dir (root's) or in CANTAL_PATH's
     directory; it only writes these in place (supervisor/metrics_file.py), so
     cantal's mmap and the counters of a previous supervisor survive (X-M1, X-M6).
-    A file that exists is opened without O_CREAT (fs.protected_regular refuses
-    root an O_CREAT open of a file it chowned away in a sticky directory such as
-    /tmp); it must be a regular file with one link, root's or the supervisor's,
-    else it is someone else's and is left alone. The directory must exist: the
-    original did not create it either.
+    The directory must exist: the original did not create it either.
     """
     account = b.options.supervisor_account
     for path in metric_paths(b.master.runtime_dir, b.options.metrics_base).values():
         try:
-            fd = _open_own(path, account.uid)
+            fd = _open_plain_file(path)
         except OSError as e:
             hint = " (its directory must exist)" if e.errno == errno.ENOENT else ""
             log.warning("%s: %s%s (metrics will not be published there)", path, e.strerror, hint)
-            continue
-        except _NotOurs as e:
-            log.warning("%s: %s (metrics will not be published there)", path, e)
             continue
         try:
             os.fchown(fd, account.uid, account.gid)
@@ -62,29 +55,34 @@ def prepare_metric_files(b: Broker) -> None:
             os.close(fd)
 
 
-class _NotOurs(Exception):
-    """A metric file's name is taken by something we may not hand to the supervisor."""
-
-
-def _open_own(path: Path, supervisor_uid: int) -> int:
-    """An fd of the existing file at path, checked, or of a new one. Raises: OSError, _NotOurs."""
+def _open_plain_file(path: Path) -> int:
+    """An fd of the regular, singly linked file at path: the existing one (its
+    counters are kept, whoever owned it: e.g. a former supervisor-user), else a new
+    one. Anything else at that name (a symlink, a FIFO, a hard link to another file)
+    is unlinked and replaced, with a warning: the name is ours by configuration,
+    and handing its target to the supervisor-user would give away a file that is
+    not. An existing file is opened without O_CREAT (fs.protected_regular refuses
+    root an O_CREAT open of a file it chowned away in a sticky directory such as
+    /tmp); O_NONBLOCK, so that a FIFO cannot block us. Raises: OSError."""
     flags = os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
     try:
         fd = os.open(path, flags)
     except FileNotFoundError:
         return os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o644)
-    st = os.fstat(fd)
-    problem = None
-    if not stat.S_ISREG(st.st_mode):
-        problem = "not a regular file"
-    elif st.st_nlink != 1:
-        problem = f"has {st.st_nlink} hard links"
-    elif st.st_uid not in (0, supervisor_uid):
-        problem = f"owned by uid {st.st_uid}, not root or the supervisor-user"
-    if problem is not None:
+    except OSError as e:
+        if e.errno not in (errno.ELOOP, errno.ENXIO):  # a symlink; a FIFO with no reader
+            raise
+        problem = "a symbolic link" if e.errno == errno.ELOOP else "not a regular file"
+    else:
+        st = os.fstat(fd)
+        if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
+            return fd
         os.close(fd)
-        raise _NotOurs(problem)
-    return fd
+        problem = "not a regular file" if not stat.S_ISREG(st.st_mode) else (
+            f"a file with {st.st_nlink} hard links")
+    log.warning("%s: %s; replacing it with a new metrics file", path, problem)
+    os.unlink(path)
+    return os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o644)
 
 
 def remove_metric_files(b: Broker) -> None:

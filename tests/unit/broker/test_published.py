@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,6 +16,7 @@ from broker import published
 from broker.daemon import Account
 from broker.startup import metrics_location
 from protocol.config import parse_master
+from protocol.metricpaths import metric_paths
 
 requires_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
@@ -59,34 +61,41 @@ def test_a_missing_directory_is_a_warning(tmp_path: Path, caplog: pytest.LogCapt
     assert (tmp_path / "metrics.prom").exists()  # the rest is still made
 
 
-def test_what_is_not_a_plain_file_of_ours_is_left_alone(
+def test_what_is_not_a_plain_file_is_replaced(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    os.mkfifo(tmp_path / "m.meta")  # would block an open without O_NONBLOCK
+    """A FIFO (would block an open without O_NONBLOCK), a symlink and a hard link at
+    our names are replaced by new files; their targets are untouched."""
+    os.mkfifo(tmp_path / "m.meta")
     (tmp_path / "elsewhere").write_bytes(b"secret")
     os.link(tmp_path / "elsewhere", tmp_path / "m.values")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.prom").symlink_to(tmp_path / "elsewhere")
+    b = fake_broker(tmp_path / "run", str(tmp_path / "m"))
     with caplog.at_level(logging.WARNING):
-        published.prepare_metric_files(  # type: ignore[arg-type]
-            fake_broker(tmp_path, str(tmp_path / "m"))
-        )
-    assert "m.meta: No such device or address" in caplog.text  # a FIFO without reader
-    assert "m.values: has 2 hard links (metrics will not be published there)" in caplog.text
+        published.prepare_metric_files(b)  # type: ignore[arg-type]
+    assert "m.meta: not a regular file; replacing it with a new metrics file" in caplog.text
+    assert "m.values: a file with 2 hard links; replacing it" in caplog.text
+    assert "metrics.prom: a symbolic link; replacing it" in caplog.text
+    for path in metric_paths(tmp_path / "run", str(tmp_path / "m")).values():
+        st = path.lstat()
+        assert stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and st.st_size == 0
     assert (tmp_path / "elsewhere").read_bytes() == b"secret"
+    assert (tmp_path / "elsewhere").stat().st_uid == os.getuid()
 
 
 @requires_root
-def test_someone_elses_file_is_not_taken_over(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    other = tmp_path / "m.values"
-    other.write_bytes(b"theirs")
-    os.chown(other, 4242, 4242)
-    with caplog.at_level(logging.WARNING):
-        published.prepare_metric_files(  # type: ignore[arg-type]
-            fake_broker(tmp_path, str(tmp_path / "m"))
-        )
-    assert "m.values: owned by uid 4242, not root or the supervisor-user" in caplog.text
-    assert other.stat().st_uid == 4242
+def test_a_file_of_a_former_supervisor_user_is_kept_and_handed_over(tmp_path: Path) -> None:
+    """Its counters survive a change of supervisor-user (X-M6)."""
+    old = tmp_path / "m.values"
+    old.write_bytes(b"counters")
+    os.chown(old, 4242, 4242)
+    b = fake_broker(tmp_path, str(tmp_path / "m"))
+    b.options.supervisor_account = Account("sup", 4343, 4343)
+    published.prepare_metric_files(b)  # type: ignore[arg-type]
+    assert old.read_bytes() == b"counters"
+    assert (old.stat().st_uid, old.stat().st_gid) == (4343, 4343)
+    assert (tmp_path / "m.meta").stat().st_uid == 4343
 
 
 def test_the_base_from_the_environment_a_relative_one_with_a_warning(
