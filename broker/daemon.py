@@ -132,7 +132,8 @@ def lookup_account(user: str) -> Account:
 
 
 def spawn_supervisor(
-    account: Account, master_path: Path, extra_args: list[str], stderr_fd: int | None
+    account: Account, master_path: Path, extra_args: list[str], stderr_fd: int | None,
+    extra_env: dict[str, str] | None = None,
 ) -> tuple[int, socket.socket]:
     """Forks the supervisor with one end of a SEQPACKET socketpair; returns (pid, ours).
 
@@ -141,7 +142,8 @@ def spawn_supervisor(
     reads anything (supervisor/privileges.py): the interpreter may live where only
     root can read it, so the supervisor imports everything before that. stderr_fd
     (the pipe of broker/logrelay.py) becomes its fd 2, so its log lines land beside
-    the broker's.
+    the broker's. Its environment is built here, plus extra_env (CANTAL_PATH when
+    ours has none: protocol/metricpaths.py).
     """
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     child_fd = theirs.fileno()
@@ -151,7 +153,7 @@ def spawn_supervisor(
         "--user", f"{account.uid}:{account.gid}", *extra_args,
     ]  # fmt: skip
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
-           "PYTHONPATH": daemon_path()}  # fmt: skip
+           "PYTHONPATH": daemon_path(), **(extra_env or {})}  # fmt: skip
     if armed := failpoints.hand_over("supervisor."):  # this supervisor only: no crash loop
         env[failpoints.ENV] = armed
     pid = os.fork()

@@ -94,6 +94,10 @@ class Options:
     supervisor_args: list[str] = field(default_factory=list)
     log_stderr: bool = False
     log_level: str | None = None  # --log-level of lithos_tree, for the knots too (T-42)
+    # X-M1: the cantal files' base (protocol/metricpaths.py, broker/startup.py);
+    # None: <runtime-dir>/metrics. supervisor_env: added to the supervisor's environment.
+    metrics_base: str | None = None
+    supervisor_env: dict[str, str] = field(default_factory=dict)
     started_at_wall: float = field(default_factory=time.time)
 
 

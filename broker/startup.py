@@ -27,10 +27,22 @@ from broker.daemon import (
 )
 from broker.server import Broker, Options
 from protocol import failpoints
-from protocol.config import ConfigError, load_master
+from protocol.config import ConfigError, MasterConfig, load_master
 from protocol.logs import parse_level, resolve_level, setup_logging
+from protocol.metricpaths import cantal_path, metrics_base, supervisor_environ
 
 log = logging.getLogger("lithos_tree")
+
+
+def metrics_location(master: MasterConfig) -> str:
+    """X-M1, T-8: the metric files' base, from our environment and working directory
+    (a re-exec keeps both, so the files stay put; no self re-exec is needed:
+    protocol/metricpaths.py). A relative CANTAL_PATH is used, with a warning."""
+    base = metrics_base(master, os.environ, os.getcwd())
+    if (value := cantal_path(os.environ)) is not None and value != base:
+        log.warning("CANTAL_PATH=%r is a relative path: the metric files are %s.values "
+                    "and %s.meta (from lithos_tree's working directory)", value, base, base)
+    return base
 
 
 def run(config: str, log_stderr: bool, log_level: str | None) -> int:
@@ -76,12 +88,15 @@ def run(config: str, log_stderr: bool, log_level: str | None) -> int:
     supervisor_args = []
     if log_level and parse_level(log_level) is not None:
         supervisor_args += ["--log-level", log_level]
+    base = metrics_location(master)
     options = Options(
         Path(config),
         account,
-        supervisor_args,
+        [*supervisor_args, "--metrics-base", base],
         log_stderr,
         log_level if parse_level(log_level) is not None else None,
+        metrics_base=base,
+        supervisor_env=supervisor_environ(os.environ, base),
     )
     broker = Broker(ConfigCache(master), options, resume)
     log.warning("lithos_tree started (pid %d%s)", os.getpid(), ", re-exec" if resume else "")

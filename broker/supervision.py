@@ -99,6 +99,7 @@ def start_supervisor(b: Broker) -> None:
             b.options.master_path,
             b.options.supervisor_args,
             relay_w,
+            b.options.supervisor_env,
         )
     except BaseException:
         os.close(relay_r)

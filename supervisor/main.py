@@ -58,7 +58,8 @@ class Pending:
 
 
 class Supervisor:
-    def __init__(self, master: MasterConfig, channel: Channel) -> None:
+    def __init__(self, master: MasterConfig, channel: Channel,
+                 metrics_base: str | None = None) -> None:
         self.master = master
         self.channel = channel
         self.loop = Loop()
@@ -70,7 +71,7 @@ class Supervisor:
         self.channel_closed = False
         self.send_broken = False
         self.metrics = Metrics()
-        self.metric_files = MetricsFiles(master.runtime_dir)
+        self.metric_files = MetricsFiles(master.runtime_dir, metrics_base)  # X-M1
 
     # -- requests --------------------------------------------------------
 
@@ -266,8 +267,9 @@ class Supervisor:
 
 USAGE = ("usage: lithos-supervisor --config MASTER --fd N (the broker's socketpair end) "
          "[--user UID:GID (dropped to before reading anything)] [--log-level LEVEL] "
-         "[--log-stderr]")
-_VALUED = ("--config", "--fd", "--user", "--log-level")
+         "[--log-stderr] [--metrics-base PATH (the cantal files' base, X-M1: "
+         "<runtime-dir>/metrics by default)]")
+_VALUED = ("--config", "--fd", "--user", "--log-level", "--metrics-base")
 
 
 class UsageError(Exception):
@@ -283,13 +285,14 @@ class Args:
     user: str | None = None
     log_level: str | None = None
     log_stderr: bool = False
+    metrics_base: str | None = None  # the broker's protocol.metricpaths.metrics_base
 
 
 def parse_args(argv: list[str]) -> Args:
     """The command line broker/daemon.py builds (`--name value` or `--name=value`).
 
     Not argparse: only the broker starts us, and argparse with gettext would stay
-    in every supervisor's memory (about 0.4 MB) for these five options.
+    in every supervisor's memory (about 0.4 MB) for these six options.
     """
     values: dict[str, str] = {}
     log_stderr = False
@@ -313,7 +316,7 @@ def parse_args(argv: list[str]) -> Args:
     except ValueError:
         raise UsageError(f"--fd: {values['--fd']!r} is not a number") from None
     return Args(values["--config"], fd, values.get("--user"), values.get("--log-level"),
-                log_stderr)  # fmt: skip
+                log_stderr, values.get("--metrics-base"))  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -345,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(log_file=None, level=level, log_stderr=True, syslog_facility=None,
                   syslog_ident=master.syslog_app_name)  # fmt: skip
     channel = Channel.from_fileno(args.fd)
-    sup = Supervisor(master, channel)
+    sup = Supervisor(master, channel, args.metrics_base)
     try:
         sup.run()
     except (ChannelClosed, OSError) as e:

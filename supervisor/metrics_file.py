@@ -1,12 +1,14 @@
 """Publishing the metrics: the cantal files and a Prometheus text file.
 
-Owns the supervisor's only writes. The files live in runtime-dir (root's), so
-the broker creates them and hands them to the supervisor-user (broker/main.py);
-the supervisor only opens existing files, never creates or renames one:
-`<runtime-dir>/metrics.meta`, `metrics.values` (X-M1..X-M3: 8-byte values in
-host order, padded to 4096, updated in place so cantal's mmap sees them) and
-`metrics.prom` (Prometheus text exposition, for node_exporter's textfile
-collector). Writes are skipped when nothing changed.
+Owns the supervisor's only writes. The files live in root's directories
+(runtime-dir, or CANTAL_PATH's), so the broker creates them and hands them to the
+supervisor-user (broker/published.py); the supervisor only opens existing files,
+never creates or renames one. Their names are protocol/metricpaths.py's: the
+`.meta` and `.values` at the base the broker gives (`$CANTAL_PATH` or
+`<runtime-dir>/metrics`; X-M1..X-M3: 8-byte values in host order, padded to 4096,
+updated in place so cantal's mmap sees them) and `<runtime-dir>/metrics.prom`
+(Prometheus text exposition, for node_exporter's textfile collector). Writes are
+skipped when nothing changed.
 """
 
 from __future__ import annotations
@@ -20,23 +22,21 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from protocol import failpoints
+from protocol.metricpaths import metric_paths
 from supervisor.metrics import Kind, Sample, cantal_meta, cantal_values, prometheus_text
 
 log = logging.getLogger(__name__)
 
-SUFFIXES = (".meta", ".values", ".prom")
-
-
-def metric_paths(runtime_dir: Path) -> list[Path]:
-    base = runtime_dir / "metrics"
-    return [base.with_suffix(s) for s in SUFFIXES]
-
 
 class MetricsFiles:
-    """Writes samples into the pre-created metric files; errors are logged once."""
+    """Writes samples into the pre-created metric files; errors are logged once.
 
-    def __init__(self, runtime_dir: Path) -> None:
-        self.paths = dict(zip(SUFFIXES, metric_paths(runtime_dir), strict=True))
+    base: the cantal files' base from the broker (`--metrics-base`); None is
+    `<runtime-dir>/metrics`.
+    """
+
+    def __init__(self, runtime_dir: Path, base: str | None = None) -> None:
+        self.paths = metric_paths(runtime_dir, base)
         self._last: dict[str, bytes] = {}
         self._failed: set[str] = set()
         self._meta = b""
@@ -75,7 +75,7 @@ class MetricsFiles:
             return
         path = self.paths[suffix]
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
         except OSError as e:
             if suffix not in self._failed:
                 log.warning("metrics: %s: %s (not published)", path, e.strerror)

@@ -1,8 +1,9 @@
 """Waking the CLIs (lithos_switch --wait, lithos_ps --monitor) when the tree changes.
 
 Owns one inotify instance watching what the tree writes as it changes, with no new
-protocol message: `<runtime-dir>` itself (the supervisor rewrites `metrics.prom` and
-`metrics.values` in place after every start, death and reload; a re-exec creates
+protocol message: `<runtime-dir>` itself (the supervisor rewrites `metrics.prom`, and
+`metrics.values` unless CANTAL_PATH puts it elsewhere, in place after every start,
+death and reload; a re-exec creates
 `control.sock` and `master.pid` again) and `<runtime-dir>/children` (the broker's
 record per knot, written at each start, removed at each exit; root only).
 Rules: a source that cannot be watched (not there, no permission) is skipped; the

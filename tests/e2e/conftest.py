@@ -178,9 +178,10 @@ log-level: debug
 
     # -- running ----------------------------------------------------------------
 
-    def start(self, *, wait_ready: bool = True) -> None:
+    def start(self, *, wait_ready: bool = True, env: dict[str, str] | None = None) -> None:
+        """env: added to lithos_tree's environment (ours, with PYTHONPATH)."""
         r, w = os.pipe()
-        env = dict(os.environ, PYTHONPATH=str(REPO))
+        env = dict(os.environ, PYTHONPATH=str(REPO), **(env or {}))
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "broker.main", "-C", str(self.master), "--log-stderr",
              "--log-level", "debug"],

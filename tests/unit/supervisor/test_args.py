@@ -13,6 +13,12 @@ def test_the_brokers_command_line() -> None:
     assert parse_args(argv) == Args("/etc/lithos/master.yaml", 7, "65534:65534", "debug")
 
 
+def test_the_metrics_base_x_m1() -> None:
+    argv = ["--config", "/m.yaml", "--fd", "3", "--metrics-base", "/run/cantal/lithos"]
+    assert parse_args(argv).metrics_base == "/run/cantal/lithos"
+    assert parse_args(argv[:4]).metrics_base is None  # <runtime-dir>/metrics
+
+
 def test_equals_form_and_the_flag() -> None:
     assert parse_args(["--config=/m.yaml", "--fd=3", "--log-stderr"]) == Args(
         "/m.yaml", 3, log_stderr=True)

@@ -6,8 +6,9 @@ import os
 import struct
 from pathlib import Path
 
+from protocol.metricpaths import metric_paths
 from supervisor.metrics import Metrics, cantal_meta, cantal_offset
-from supervisor.metrics_file import MetricsFiles, metric_paths
+from supervisor.metrics_file import MetricsFiles
 
 
 def test_publish_writes_in_place_and_only_existing_files(tmp_path: Path) -> None:
@@ -15,9 +16,9 @@ def test_publish_writes_in_place_and_only_existing_files(tmp_path: Path) -> None
     metrics.configure([("web", "app")], sandboxes=1, containers=2)
     files = MetricsFiles(tmp_path)
     files.publish(metrics.samples())
-    assert not any(p.exists() for p in metric_paths(tmp_path))  # never creates
+    assert not any(p.exists() for p in metric_paths(tmp_path).values())  # never creates
 
-    for p in metric_paths(tmp_path):
+    for p in metric_paths(tmp_path).values():
         p.touch()
     inode = os.stat(tmp_path / "metrics.values").st_ino
     samples = metrics.samples()
@@ -29,3 +30,23 @@ def test_publish_writes_in_place_and_only_existing_files(tmp_path: Path) -> None
     assert (tmp_path / "metrics.meta").read_bytes() == cantal_meta(samples)
     assert b"master" in (tmp_path / "metrics.prom").read_bytes()
     assert os.stat(tmp_path / "metrics.values").st_ino == inode  # updated in place
+
+
+def test_the_cantal_files_at_the_brokers_base_and_prom_in_runtime_dir(tmp_path: Path) -> None:
+    """X-M1: with CANTAL_PATH (the broker's --metrics-base), .meta and .values are
+    `$CANTAL_PATH.meta`/`.values`; metrics.prom stays in runtime-dir."""
+    runtime, cantal = tmp_path / "run", tmp_path / "cantal"
+    runtime.mkdir()
+    cantal.mkdir()
+    base = str(cantal / "lithos.v1")
+    for p in metric_paths(runtime, base).values():
+        p.touch()
+    metrics = Metrics([("web", "app")])
+    metrics.configure([("web", "app")], sandboxes=1, containers=2)
+    samples = metrics.samples()
+    MetricsFiles(runtime, base).publish(samples)
+    assert (cantal / "lithos.v1.meta").read_bytes() == cantal_meta(samples)
+    assert len((cantal / "lithos.v1.values").read_bytes()) == 4096
+    assert b"master" in (runtime / "metrics.prom").read_bytes()
+    assert sorted(p.name for p in runtime.iterdir()) == ["metrics.prom"]
+    assert MetricsFiles(runtime, base).read_previous()["master.containers"] == 2
