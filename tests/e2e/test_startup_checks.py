@@ -167,7 +167,11 @@ def test_t5_a_live_pid_in_master_pid_refuses_start(lithos, other_process: int) -
     os.kill(other_process, 0)  # and that process was not touched
     assert not (lithos.runtime / "control.sock").exists()
     log = (lithos.root / "log" / "master.log").read_text()
-    assert f"Fatal error: {line.removeprefix('Fatal error: ')}" in log
+    assert line in log  # the log file has it too
+    # With --log-stderr the log's stderr copy is the one line (it was printed twice).
+    again = run_tree(lithos, "--log-stderr")
+    assert again.returncode == 1
+    assert [entry.endswith(f"[ERROR] {line}") for entry in again.stderr.splitlines()] == [True]
 
 
 def dead_pid() -> str:
@@ -231,7 +235,7 @@ def sigquit(lithos) -> int:
 def assert_same_services(lithos, services: dict[str, int], mark: int) -> None:
     knots = lithos.running()
     assert {name: lithos.service_pid(pid) for name, pid in knots.items()} == services
-    assert lithos.count(r"Forked |-> STOPPING|STOPPING ->", mark) == 0
+    assert lithos.count(r"Forked |: RUNNING -> ", mark) == 0  # no stop, no upgrade
 
 
 def test_s1_a_sandbox_edit_and_sigquit_restart_nothing(lithos) -> None:
@@ -243,9 +247,10 @@ def test_s1_a_sandbox_edit_and_sigquit_restart_nothing(lithos) -> None:
     assert_same_services(lithos, services, mark)
     # The new settings apply when an instance next starts (S-1): kill one service.
     os.kill(services["s1/app.0"], signal.SIGKILL)
+    lithos.wait_for(r"Forked s1/app\.0 ", start=mark)
     lithos.wait_stdio("s1", r"^10\.9\.8\.7\s+s1-extra\.example$")
-    assert lithos.count(r"Forked s1/app\.0", mark) == 1
-    assert lithos.count(r"Forked s1/app\.1", mark) == 0
+    knot = lithos.running()["s1/app.1"]
+    assert lithos.service_pid(knot) == services["s1/app.1"]
 
 
 def test_e45_cli_log_level_survives_sigquit_with_the_knots(lithos) -> None:
@@ -254,7 +259,8 @@ def test_e45_cli_log_level_survives_sigquit_with_the_knots(lithos) -> None:
     services = start_app(lithos, "e45")
     mark = sigquit(lithos)
     assert_same_services(lithos, services, mark)
-    # Debug lines of the re-exec'ed broker (message trace) and info of the supervisor.
+    # A debug line of the re-exec'ed broker (its message trace); the supervisor's
+    # info line `supervisor ready:` that sigquit() waited for shows its level too.
     lithos.wait_for(r"SupervisorReady from supervisor", start=mark)
     for _ in range(2):  # and again: the re-exec's command line kept the flag
         mark = sigquit(lithos)
@@ -289,9 +295,6 @@ def test_e3_cgroup_name_null_runs_and_stops_without_cgroups(lithos) -> None:
     for pid in knots + list(services.values()):
         assert not Path(f"/proc/{pid}").exists(), pid
     assert cgroup_dirs_named(sandbox) == []
-    assert not (lithos.runtime / "state" / sandbox).exists() or not any(
-        (lithos.runtime / "state" / sandbox).iterdir()
-    )
 
 
 # -- tcp-ports fd 1/2 ------------------------------------------------------------
