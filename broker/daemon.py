@@ -94,8 +94,13 @@ def write_pid_file(path: Path) -> None:
                 "(is another lithos_tree running with this runtime-dir?)"
             )
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(f"{me}\n")
-    os.rename(tmp, path)
+    try:
+        tmp.write_text(f"{me}\n")
+        os.rename(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise StartupError(f"{path}: can't write the pid file: {e.strerror}") from None
 
 
 def _alive(pid: int) -> bool:

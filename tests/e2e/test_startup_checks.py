@@ -156,6 +156,28 @@ def test_m1_a_file_where_a_directory_goes_is_fatal_in_order(
         assert not (lithos.root / rel).exists(), rel
 
 
+def test_m1_lithos_cmd_makes_the_same_directories_with_the_same_error(lithos) -> None:
+    blocker = lithos.root / "run" / "state"
+    blocker.parent.mkdir()
+    blocker.write_text("")
+    done = subprocess.run(
+        [sys.executable, "-m", "broker.cmd", "-C", str(lithos.master), "sb", "cmd"],
+        cwd=REPO, capture_output=True, text=True, timeout=60, check=False,
+        stdin=subprocess.DEVNULL, env=dict(os.environ, PYTHONPATH=str(REPO)),
+    )  # fmt: skip
+    assert_fatal(done, lithos, f"Cant create state-dir: Can't create dir {str(blocker)!r}")
+    assert not (lithos.root / "run" / "mnt").exists()
+
+
+def test_t5_a_pid_file_that_is_a_directory_is_one_fatal_line(lithos) -> None:
+    pid_file = lithos.runtime / "master.pid"
+    pid_file.mkdir(parents=True)
+    done = run_tree(lithos)
+    line = assert_fatal(done, lithos)
+    assert line == f"Fatal error: {pid_file}: can't write the pid file: Is a directory"
+    assert sorted(p.name for p in lithos.runtime.iterdir()) == ["master.pid", "mnt", "state"]
+
+
 def test_t5_a_live_pid_in_master_pid_refuses_start(lithos, other_process: int) -> None:
     lithos.runtime.mkdir()
     pid_file = lithos.runtime / "master.pid"
