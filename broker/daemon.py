@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import logging
 import os
 import pwd
 import signal
@@ -27,6 +28,7 @@ PR_SET_NO_NEW_PRIVS = 38
 PR_SET_PDEATHSIG = 1
 
 _libc = ctypes.CDLL(None, use_errno=True)
+log = logging.getLogger("lithos_tree")
 
 
 class StartupError(Exception):
@@ -74,24 +76,31 @@ def write_pid_file(path: Path) -> None:
     """T-5: refuse to start while another live lithos_tree owns the pid file."""
     me = os.getpid()
     try:
-        text = path.read_text().strip()
+        text: str | None = path.read_text(errors="replace").strip()
     except FileNotFoundError:
-        text = ""
-    except OSError:
-        text = ""
-    if text:
+        text = None
+    except OSError as e:
+        text = f"<{e.strerror}>"
+    if text is not None:
         try:
             other = int(text)
         except ValueError:
             other = 0
-        if other and other != me and _alive(other):
+        if other <= 0:  # the original warns `Pid file exists, but cannot be read`
+            log.warning("%s: exists but does not hold a pid (%r); replacing it", path, text[:40])
+        elif other != me and _alive(other):
             raise StartupError(
                 f"{path}: master pid is {other}, and there is a live process with that pid "
                 "(is another lithos_tree running with this runtime-dir?)"
             )
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(f"{me}\n")
-    os.rename(tmp, path)
+    try:
+        tmp.write_text(f"{me}\n")
+        os.rename(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise StartupError(f"{path}: can't write the pid file: {e.strerror}") from None
 
 
 def _alive(pid: int) -> bool:

@@ -28,6 +28,7 @@ from broker.daemon import (
 from broker.server import Broker, Options
 from protocol import failpoints
 from protocol.config import ConfigError, MasterConfig, load_master
+from protocol.loghandlers import StderrHandler
 from protocol.logs import parse_level, resolve_level, setup_logging
 from protocol.metricpaths import cantal_path, metrics_base, supervisor_environ
 
@@ -81,8 +82,10 @@ def run(config: str, log_stderr: bool, log_level: str | None) -> int:
             cgroups = detect(master.cgroup_controllers)
             cgroups.enter(master.cgroup_name, os.getpid())
     except (StartupError, CgroupError, OSError) as e:
-        print(f"Fatal error: {e}", file=sys.stderr)
-        if logging.getLogger().handlers:  # else logging's last resort would print it again
+        handlers = logging.getLogger().handlers
+        if not any(isinstance(h, StderrHandler) for h in handlers):  # --log-stderr prints it
+            print(f"Fatal error: {e}", file=sys.stderr)
+        if handlers:  # else logging's last resort would print it again
             log.error("Fatal error: %s", e)
         return 1
     supervisor_args = []

@@ -288,7 +288,7 @@ def _final_ports(container: ContainerConfig, substituted: Mapping[str, str],
             problems.append(Problem(cfile, f"tcp-ports.{origin[port]}.fd", str(cfg.fd),
                                     f"is also the fd of port {by_fd[cfg.fd]}"))
         by_fd.setdefault(cfg.fd, port)
-    problems += _activation_problems(container)
+    problems += _stdio_fd_problems(container) + _activation_problems(container)
     activated_ports: dict[int, str] = {}
     for k, var in enumerate(_activated(container), start=1):
         text = values.get(var, "")
@@ -375,7 +375,14 @@ def check_container(container: ContainerConfig) -> list[Problem]:
             elif ref not in known:
                 problems.append(Problem(file, key, f"@{{{ref}}}", "is not a declared variable "
                                         "(declare it under variables:)"))
-    return problems + _activation_problems(container)
+    return problems + _stdio_fd_problems(container) + _activation_problems(container)
+
+
+def _stdio_fd_problems(container: ContainerConfig) -> list[Problem]:
+    """A socket on fd 1 or 2 would replace the service's stdout/stderr: refused."""
+    return [Problem(str(container.path), f"tcp-ports.{key}.fd", str(cfg.fd),
+                    "is stdout/stderr (use 0 or a number >= 3)")
+            for key, cfg in container.tcp_ports.items() if cfg.fd in (1, 2)]
 
 
 def _activated(container: ContainerConfig) -> list[str]:

@@ -152,6 +152,17 @@ def test_bad_and_duplicate_ports() -> None:
     assert "same port" in msgs and "not a port number" in msgs
 
 
+@pytest.mark.parametrize("fd", [1, 2])
+def test_a_port_on_stdout_or_stderr_is_a_problem_of_both_checks(fd: int) -> None:
+    text = f"tcp-ports: {{8001: {{fd: {fd}}}, 8002: {{fd: 0}}, 8003: {{fd: 3}}}}\n".encode()
+    want = [("/img/c.yaml", "tcp-ports.8001.fd", str(fd))]
+    with pytest.raises(ConfigError) as err:
+        inst(text)
+    assert [(p.file, p.key, p.value) for p in err.value.problems] == want
+    assert "is stdout/stderr (use 0 or a number >= 3)" in err.value.problems[0].message
+    assert [(p.file, p.key, p.value) for p in check_container(make(text)[0])] == want
+
+
 @pytest.mark.parametrize(("container", "sandbox", "needle"), [
     (b"user-id: 0\n", SB, "allow-users"),
     (b"group-id: 5000\n", SB, "allow-groups"),
