@@ -158,6 +158,7 @@ class Storm:
         self.wanted_at_start: dict[str, int] = {}
         self.quiesced = False  # the crashing processes were switched to 0 instances
         self.metrics = MetricWatch()
+        self.swept_from = 0  # log index from which the next check looks for sweep lines
 
     # -- the tree ---------------------------------------------------------------
 
@@ -329,7 +330,8 @@ class Storm:
     # -- invariants -------------------------------------------------------------
 
     def check(self, mark: int, converge_s: float = 60.0) -> list[str]:
-        """Everything configured runs exactly once, steady knots untouched, one socket.
+        """Everything configured runs exactly once, steady knots untouched, one socket,
+        and no re-exec found leftovers to sweep.
 
         A switch's retired or upgraded instances take a moment to go: the picture
         is taken again after each new log line until it is right or `converge_s`
@@ -347,6 +349,12 @@ class Storm:
             with contextlib.suppress(AssertionError):
                 lt.wait_for(r"", max(0.1, min(2.0, deadline - time.monotonic())), seen)
         problems += one_supervisor(self.lithos)
+        # A re-exec sweeps (broker/sweep.py, T-12a/b): with every knot recovered and
+        # every exit cleaned up by the broker that saw it, it must find nothing.
+        lines = lt.lines_since(self.swept_from)
+        self.swept_from += len(lines)
+        problems += [f"swept at a re-exec: {line}" for line in lines
+                     if "Dangling" in line or "Empty sandbox dir" in line]  # fmt: skip
         # No instance lost: every crashing one is forked again after the check began.
         for inst in self.crashy:
             try:
