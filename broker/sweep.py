@@ -15,8 +15,8 @@ Rules:
   sandbox dir left empty (`Empty sandbox dir "<p>". Deleting...`).
 - Only those names: the original removed every other entry too, but `state-dir`
   may be any absolute path, and a mistyped one must not cost an operator the data
-  in it. Other entries are logged (`Skipping unknown entry`) and left, and so are
-  files directly in `<state-dir>`.
+  in it. Other entries are logged (`Skipping unknown entry`) and left, and so is
+  everything directly in `<state-dir>` but sandbox dirs (`lost+found` too).
 - A dir with a mount point at or under it is left, with an error: nothing of ours
   mounts there on the host, and removing the tree would delete through the mount.
 - Cgroups, only with `cgroup-name` set: `<sb>:<proc>.<i>.scope` of no live child
@@ -44,6 +44,7 @@ from broker.starter import remove_state_dir
 log = logging.getLogger(__name__)
 
 _NAME = r"[\w-]+"
+_SANDBOX_DIR = re.compile(rf"^{_NAME}$")  # not lost+found, on a state-dir of its own
 _INSTANCE_DIR = re.compile(rf"^{_NAME}\.\d+$")
 _COMMAND_DIR = re.compile(rf"^cmd\.{_NAME}\.(\d+)$")
 
@@ -95,7 +96,7 @@ def sweep_state_dirs(
     under = _mounts_under(state_dir, mount_points() if mounts is None else mounts)
     removed: list[Path] = []
     for sandbox in sandboxes:
-        if not sandbox.is_dir(follow_symlinks=False):
+        if not sandbox.is_dir(follow_symlinks=False) or not _SANDBOX_DIR.match(sandbox.name):
             continue
         try:
             entries = sorted(os.scandir(sandbox.path), key=lambda e: e.name)

@@ -53,6 +53,7 @@ def test_state_dirs_of_no_live_instance_or_command_go(
     (state / "web" / "app.4").symlink_to(outside)  # removed as a link, never followed
     gone.append(state / "web" / "app.4")
     (state / "README").write_text("not ours to judge")
+    kept.append(make(state / "lost+found", files=False))  # a state-dir of its own
     mounts = ["/proc", str(state / "web" / "app.2" / "data")]
     caplog.set_level(logging.INFO, logger="broker.sweep")
 
