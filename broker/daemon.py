@@ -88,7 +88,7 @@ def write_pid_file(path: Path) -> None:
             other = 0
         if other <= 0:  # the original warns `Pid file exists, but cannot be read`
             log.warning("%s: exists but does not hold a pid (%r); replacing it", path, text[:40])
-        elif other != me and _alive(other):
+        elif other != me and pid_alive(other):
             raise StartupError(
                 f"{path}: master pid is {other}, and there is a live process with that pid "
                 "(is another lithos_tree running with this runtime-dir?)"
@@ -103,7 +103,10 @@ def write_pid_file(path: Path) -> None:
         raise StartupError(f"{path}: can't write the pid file: {e.strerror}") from None
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether `pid` names a process (any: kill(pid, 0) asks no more)."""
+    if pid <= 0:
+        return False  # kill(0) and kill(-1) would ask about groups, not one process
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -30,7 +30,6 @@ Rules:
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import re
@@ -39,7 +38,9 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from broker.cgroups import CgroupError, CgroupLayout, CommandGroup, InstanceGroup, classify_group
+from broker.daemon import pid_alive
 from broker.starter import remove_state_dir
+from protocol.loghandlers import describe_oserror
 
 log = logging.getLogger(__name__)
 
@@ -47,19 +48,6 @@ _NAME = r"[\w-]+"
 _SANDBOX_DIR = re.compile(rf"^{_NAME}$")  # not lost+found, on a state-dir of its own
 _INSTANCE_DIR = re.compile(rf"^{_NAME}\.\d+$")
 _COMMAND_DIR = re.compile(rf"^cmd\.{_NAME}\.(\d+)$")
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether `pid` names a process (any: the original asked no more, CMD-2)."""
-    if pid <= 0:
-        return False  # kill(0) would ask about our own process group
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def mount_points(mountinfo: str = "/proc/self/mountinfo") -> list[str]:
@@ -91,9 +79,9 @@ def sweep_state_dirs(
     except FileNotFoundError:
         return []
     except OSError as e:
-        log.error("Cannot list state dir %s: %s", state_dir, _errname(e))
+        log.error("Cannot list state dir %s: %s", state_dir, describe_oserror(e))
         return []
-    under = _mounts_under(state_dir, mount_points() if mounts is None else mounts)
+    under: list[str] | None = None  # read once, at the first removal
     removed: list[Path] = []
     for sandbox in sandboxes:
         if not sandbox.is_dir(follow_symlinks=False) or not _SANDBOX_DIR.match(sandbox.name):
@@ -101,7 +89,7 @@ def sweep_state_dirs(
         try:
             entries = sorted(os.scandir(sandbox.path), key=lambda e: e.name)
         except OSError as e:
-            log.error("Cannot list state dir %s: %s", sandbox.path, _errname(e))
+            log.error("Cannot list state dir %s: %s", sandbox.path, describe_oserror(e))
             continue
         left = 0
         for entry in entries:
@@ -113,6 +101,8 @@ def sweep_state_dirs(
                 continue
             path = Path(entry.path)
             log.warning('Dangling state dir "%s". Deleting...', path)
+            if under is None:
+                under = _mounts_under(state_dir, mount_points() if mounts is None else mounts)
             if _remove(path, under):
                 removed.append(path)
             else:
@@ -125,7 +115,7 @@ def sweep_state_dirs(
             except FileNotFoundError:
                 pass
             except OSError as e:
-                log.error("Removing sandbox dir %s: %s", path, _errname(e))
+                log.error("Removing sandbox dir %s: %s", path, describe_oserror(e))
             else:
                 removed.append(path)
     return removed
@@ -158,7 +148,7 @@ def _remove(path: Path, mounts_under_top: list[str]) -> bool:
     except FileNotFoundError:
         return True
     except OSError as e:
-        log.error("Removing state dir %s: %s", path, _errname(e))
+        log.error("Removing state dir %s: %s", path, describe_oserror(e))
         return False
     if stat.S_ISDIR(mode):
         remove_state_dir(path, with_empty_parent=False)  # logs its own failure
@@ -168,7 +158,7 @@ def _remove(path: Path, mounts_under_top: list[str]) -> bool:
     except FileNotFoundError:
         pass
     except OSError as e:
-        log.error("Removing state dir %s: %s", path, _errname(e))
+        log.error("Removing state dir %s: %s", path, describe_oserror(e))
         return False
     return True
 
@@ -208,8 +198,3 @@ def sweep_cgroups(
             continue
         removed.append(group)
     return removed
-
-
-def _errname(e: OSError) -> str:
-    name = errno.errorcode.get(e.errno or 0, "error")
-    return f"{name} ({e.strerror})"

@@ -18,9 +18,9 @@ PyYAML's libyaml binding, `yaml._yaml` (with its Cython runtime, about 0.2 MB pe
 process). yaml imports it in a `try` and falls back to its pure-Python classes, which
 are all lithos composes with (protocol/config/yamlload.py LithosLoader).
 
-Rules: call defer() and keep_out() first thing in a daemon's package (`broker/__init__.py`,
-`supervisor/__init__.py`), before anything imports the module; a module already
-imported is left as it is. Defer only modules the daemons never use: one first used
+Rules: `for_daemons()` makes both calls for the daemons, first thing in their packages
+(`broker/__init__.py`, `supervisor/__init__.py`), before anything imports the modules;
+a module already imported is left as it is. Defer only modules the daemons never use: one first used
 after the supervisor's privilege drop is imported as its account, and where the
 interpreter is readable by root only (/root/.pyenv here) that import fails.
 """
@@ -71,3 +71,10 @@ def keep_out(name: str) -> None:
     """
     if name not in sys.modules:
         sys.modules[name] = None  # type: ignore[assignment]  # "not importable", to imports
+
+
+def for_daemons() -> None:
+    """What both daemons' packages call first (the list above, in one place)."""
+    for name in ("inspect", "traceback", "selectors"):
+        defer(name)
+    keep_out("yaml._yaml")  # libyaml's binding: LithosLoader is pure Python

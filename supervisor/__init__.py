@@ -8,7 +8,4 @@ linecache, tokenize, textwrap) in its memory.
 
 from protocol import lazy
 
-lazy.defer("inspect")
-lazy.defer("traceback")
-lazy.defer("selectors")
-lazy.keep_out("yaml._yaml")  # libyaml's binding: LithosLoader is pure Python
+lazy.for_daemons()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from broker import cgroups, sweep
+from broker import cgroups, daemon, sweep
 
 LIVE_CMD_PID = 111
 DEAD_CMD_PID = 222
@@ -77,9 +77,9 @@ def test_a_missing_state_dir_is_nothing_to_sweep(tmp_path: Path) -> None:
 
 
 def test_pid_alive() -> None:
-    assert sweep.pid_alive(os.getpid())
-    assert not sweep.pid_alive(0) and not sweep.pid_alive(-1)
-    assert not sweep.pid_alive(2**22 + 1)  # above pid_max's ceiling: no such process
+    assert daemon.pid_alive(os.getpid())
+    assert not daemon.pid_alive(0) and not daemon.pid_alive(-1)
+    assert not daemon.pid_alive(2**22 + 1)  # above pid_max's ceiling: no such process
 
 
 def test_mount_points_decode_the_kernel_escapes(tmp_path: Path) -> None:
